@@ -1,0 +1,82 @@
+"""Frozen facts about one SMTP transaction, collected by the adapter and handed to the checks."""
+
+from __future__ import annotations
+
+import ipaddress
+from dataclasses import dataclass, field
+
+IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
+
+
+@dataclass(frozen=True, slots=True)
+class Connection:
+    """What is known once the client has connected and said HELO/EHLO (one per SMTP session)."""
+
+    client_ip: IPAddress | None
+    client_name: str = ""             # Postfix's verified reverse name, or "unknown"; not trusted by checks
+    helo: str = ""
+    authenticated_user: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Envelope:
+    """One transaction: renewed at each MAIL FROM."""
+
+    mail_from: str                    # without angle brackets; "" is the null sender
+    rcpts: tuple[str, ...] = ()
+    queue_id: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class Header:
+    """One header field exactly as received.
+
+    `value` keeps its leading space (SMFIP_HDR_LEADSPC) and its folding as CRLF followed by WSP, so that
+    name + b":" + value + b"\\r\\n" reproduces the bytes the sender signed.
+    """
+
+    name: bytes
+    value: bytes
+
+    @property
+    def name_text(self) -> str:
+        return self.name.decode("utf-8", "surrogateescape")
+
+    @property
+    def value_text(self) -> str:
+        """Unfolded, stripped text for parsing (From, DKIM-Signature tags); undecodable bytes kept as escapes."""
+        unfolded = self.value.replace(b"\r\n", b"").replace(b"\n", b"")
+        return unfolded.decode("utf-8", "surrogateescape").strip()
+
+    def raw(self) -> bytes:
+        return self.name + b":" + self.value + b"\r\n"
+
+    def is_named(self, name: str) -> bool:
+        return self.name.strip().lower() == name.lower().encode("ascii")
+
+
+@dataclass(frozen=True, slots=True)
+class Message:
+    """The message content: headers in order and the body with CRLF line ends."""
+
+    headers: tuple[Header, ...] = ()
+    body: bytes = b""
+    headers_truncated: bool = False   # the header byte cap was reached; later headers were not kept
+
+    def get_all(self, name: str) -> tuple[Header, ...]:
+        return tuple(h for h in self.headers if h.is_named(name))
+
+    def header_bytes(self) -> bytes:
+        return b"".join(h.raw() for h in self.headers)
+
+    def as_bytes(self) -> bytes:
+        return self.header_bytes() + b"\r\n" + self.body
+
+
+@dataclass(frozen=True, slots=True)
+class MessageContext:
+    """Everything the checks may read about one message."""
+
+    connection: Connection
+    envelope: Envelope
+    message: Message = field(default_factory=Message)
