@@ -47,6 +47,7 @@ class Property:
     ptype: str
     name: str
     value: str
+    comment: str = ""  # rendered after the property, e.g. iprev's "policy.iprev=192.0.2.1 (mail.example.org)"
 
 
 @dataclass(frozen=True, slots=True)
@@ -58,7 +59,7 @@ class AREntry:
 
     method: str
     result: str
-    comment: str | None = None
+    comment: str | None = None  # rendered after the result: "dnssec=insecure", "2048-bit rsa key; dnssec=secure"
     properties: tuple[Property, ...] = ()
 
 
