@@ -2,9 +2,20 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import ipaddress
+import logging
+import re
+from contextvars import ContextVar
+from dataclasses import dataclass, field
 
-from authmilter.results import AREntry, Dnssec, Status
+import spf as pyspf
+
+from authmilter.config import SpfSection
+from authmilter.context import Connection, Envelope
+from authmilter.resolver import Answer, DnsClient, Outcome
+from authmilter.results import AREntry, Dnssec, Property, Status, weakest
+
+log = logging.getLogger(__name__)
 
 # CONTRACT (other modules rely on these names; add fields freely, do not rename or remove):
 
@@ -18,6 +29,7 @@ class SpfIdentityResult:
     reason: str = ""       # short text for the header comment and log when not pass/none
     explanation: str = ""  # the domain's exp= text on fail ("" if none); raw, untrusted
     dnssec: Dnssec = Dnssec.INDETERMINATE
+    mechanism: str = ""    # the top-level mechanism that matched ("" when none did); raw, from DNS
 
 
 @dataclass(frozen=True, slots=True)
@@ -28,7 +40,290 @@ class SpfResult:
     helo: SpfIdentityResult | None = None  # when the HELO identity was checked too
 
     def ar_entries(self) -> tuple[AREntry, ...]:
-        raise NotImplementedError
+        # RFC 8601 §2.7.2: smtp.mailfrom carries the full address that was checked; for the null sender that is
+        # postmaster@HELO, so a reader sees which identity produced the result.
+        entries = [_ar_entry(self.mailfrom, Property("smtp", "mailfrom", self.mailfrom.sender))]
+        if self.helo is not None:
+            entries.append(_ar_entry(self.helo, Property("smtp", "helo", self.helo.domain)))
+        return tuple(entries)
 
     def log_fields(self) -> dict[str, str]:
-        raise NotImplementedError
+        fields = {"spf": str(self.mailfrom.status)}
+        if self.helo is not None:
+            fields["spf_helo"] = str(self.helo.status)
+        fields["spf_dnssec"] = str(self.mailfrom.dnssec)
+        return fields
+
+
+# ---------------------------------------------------------------- A-R entries
+
+def _ar_entry(result: SpfIdentityResult, prop: Property) -> AREntry:
+    comment = f"dnssec={result.dnssec}"
+    if result.reason:
+        comment += f"; {result.reason}"
+    return AREntry("spf", str(result.status), comment, (prop,))
+
+
+# ---------------------------------------------------------------- the DNS bridge to pyspf
+
+@dataclass(slots=True)
+class _Lookups:
+    """The DNS of one identity check: which client answers, and the DNSSEC status of every answer used."""
+
+    dns: DnsClient
+    dnssec: list[Dnssec] = field(default_factory=list)
+
+    def query(self, name: str, rdtype: str) -> Answer:
+        answer = self.dns.query(name, rdtype)
+        if answer.outcome is not Outcome.INVALID_NAME:  # nothing was asked, so nothing to trust or distrust
+            self.dnssec.append(answer.dnssec)
+        return answer
+
+
+_current: ContextVar[_Lookups | None] = ContextVar("authmilter_spf_lookups", default=None)
+
+
+def _pyspf_lookup(name, qtype, strict=True, timeout=None):
+    """pyspf's process-wide DNS hook, routed to the DnsClient of the check running in this thread/context.
+
+    Returns what pyspf's DNSLookup_dnspython returns: [((name, qtype), value), ...].
+    """
+    lookups = _current.get()
+    if lookups is None:
+        # pyspf must never fall back to its own resolver: a lookup outside check_spf is a bug, reported as an
+        # SPF temporary error rather than a query to some other DNS server.
+        raise pyspf.TempError(f"DNS lookup of {name}/{qtype} outside an SPF check")
+    name = str(name).rstrip(".")
+    answer = lookups.query(name, qtype)
+    if answer.outcome.is_temporary:
+        # RFC 7208 §5: a DNS error other than "no such name" ends the evaluation with temperror.
+        raise pyspf.TempError(f"DNS {answer.detail or answer.outcome.value} for {name}/{qtype}")
+    if not answer.ok:
+        # NXDOMAIN and NODATA are void lookups (RFC 7208 §4.6.4); pyspf counts an empty list as one.
+        return []
+    key = (name, qtype)
+    if qtype in ("TXT", "SPF"):
+        # pyspf joins each record's strings itself; ours are already concatenated (RFC 7208 §3.3).
+        return [(key, (record,)) for record in answer.records]
+    return [(key, record) for record in answer.records]
+
+
+pyspf.DNSLookup = _pyspf_lookup
+
+
+class _Query(pyspf.query):
+    def validated_ptrs(self):
+        """RFC 7208 §5.5: "If a DNS error occurs while doing an A RR lookup, then that domain name is skipped and
+        the search continues." pyspf lets the error end the whole check as temperror (suite case
+        ptr-cname-loop); the same list also feeds the %{p} macro (§7.3), which follows the same rule."""
+        validated = []
+        for name in self.dns_ptr(self.i)[:pyspf.MAX_PTR]:  # §4.6.4: at most 10 PTR names are looked up
+            try:
+                addresses = self.dns_a(name, self.A)
+            except pyspf.TempError:
+                continue
+            if self.cidrmatch(addresses, self.cidrmax):
+                validated.append(name)
+        return validated
+
+
+# ---------------------------------------------------------------- identities
+
+_LABEL = re.compile(r"^(?!-)[A-Za-z0-9_\-\u0080-\U0010ffff]{1,63}(?<!-)$")
+
+
+def _domain_problem(domain: str) -> str:
+    """Why `domain` cannot be an SPF domain (RFC 7208 §4.3), or "" when it can."""
+    if not domain:
+        return "no domain"
+    if domain.startswith("["):
+        return "address literal"
+    labels = domain.split(".")
+    if len(labels) < 2:
+        return "not a fully qualified domain name"
+    if len(domain) > 253 or not all(_LABEL.match(label) for label in labels):
+        return "malformed domain"
+    return ""
+
+
+def _helo_problem(helo: str) -> str:
+    """Why the HELO identity cannot be checked (RFC 7208 §2.3: only a valid FQDN), or "" when it can."""
+    name = helo.rstrip(".")
+    try:
+        ipaddress.ip_address(name.strip("[]"))
+        return "HELO is an address, not a domain"
+    except ValueError:
+        pass
+    problem = _domain_problem(name)
+    return f"HELO {problem}" if problem else ""
+
+
+def _split_sender(mail_from: str) -> tuple[str, str]:
+    """(local-part, domain) per RFC 7208 §4.3: a missing local-part becomes "postmaster"."""
+    local, at, domain = mail_from.rpartition("@")
+    if not at:
+        return "postmaster", mail_from
+    return local or "postmaster", domain
+
+
+def check_spf(conn: Connection, env: Envelope, dns: DnsClient, cfg: SpfSection) -> SpfResult:
+    if not env.mail_from:
+        # RFC 7208 §2.4: with the null reverse-path, the MAIL FROM check is the HELO check (postmaster@HELO);
+        # one evaluation serves both entries.
+        helo_result = _check_helo(conn, dns)
+        return SpfResult(helo_result, helo_result if cfg.check_helo else None)
+    helo_result = _check_helo(conn, dns) if cfg.check_helo else None
+    local, domain = _split_sender(env.mail_from)
+    domain = domain.rstrip(".")
+    mailfrom = _evaluate(conn, "mailfrom", local, domain, conn.helo, dns, problem=_domain_problem(domain))
+    return SpfResult(mailfrom, helo_result)
+
+
+def _check_helo(conn: Connection, dns: DnsClient) -> SpfIdentityResult:
+    # RFC 7208 §2.3: the HELO check is check_host() on the HELO domain with sender postmaster@HELO.
+    helo = conn.helo.rstrip(".")
+    return _evaluate(conn, "helo", "postmaster", helo, helo, dns, problem=_helo_problem(conn.helo))
+
+
+_PREFIXES = ("SPF Permanent Error: ", "SPF Temporary Error: ")
+_MAX_REASON = 160
+
+
+def _evaluate(conn: Connection, identity: str, local: str, domain: str, helo: str, dns: DnsClient,
+              *, problem: str) -> SpfIdentityResult:
+    sender = f"{local}@{domain}"
+    if problem:
+        # RFC 7208 §4.3: a malformed or single-label domain, or an address literal, is "none" without any lookup.
+        return SpfIdentityResult(identity, sender, domain, Status.NONE, problem)
+    if conn.client_ip is None:
+        return SpfIdentityResult(identity, sender, domain, Status.NONE, "client address unknown")
+    lookups = _Lookups(dns)
+    token = _current.set(lookups)
+    try:
+        # The one place where pyspf's exceptions become results: check() itself maps TempError/PermError; anything
+        # else it raises on hostile data (recursion, odd encodings) is a permanent problem with that data.
+        try:
+            query = _Query(i=str(conn.client_ip), s=sender, h=helo, strict=True)
+            # pyspf splits at the first "@"; the domain is what follows the last one (RFC 5321 §4.1.2).
+            query.l, query.o, query.d = local, domain, domain
+            query.ident = identity
+            # With an empty default, pyspf's explanation is exactly the domain's exp= text (RFC 7208 §6.2).
+            query.set_default_explanation("")
+            word, _code, text = query.check()
+        except (pyspf.PermError, pyspf.TempError) as exc:  # raised by the constructor for a bad client IP
+            word, text, query = ("temperror" if isinstance(exc, pyspf.TempError) else "permerror"), str(exc), None
+        except Exception as exc:  # noqa: BLE001 - see above; logged with its traceback for the developers
+            log.warning("pyspf failed on %s identity %r", identity, domain, exc_info=True)
+            word, text, query = "permerror", f"SPF evaluation failed: {type(exc).__name__}", None
+    finally:
+        _current.reset(token)
+    try:
+        status = Status(word)
+    except ValueError:  # "ambiguous" and friends only exist in pyspf's harsh mode
+        status = Status.PERMERROR
+    mechanism = (getattr(query, "mechanism", None) or "") if query is not None else ""
+    return SpfIdentityResult(
+        identity, sender, domain, status,
+        reason=_reason(status, text, mechanism),
+        explanation=text if status is Status.FAIL else "",
+        dnssec=weakest(*lookups.dnssec),
+        mechanism=mechanism,
+    )
+
+
+def _reason(status: Status, text: str, mechanism: str) -> str:
+    if status in (Status.PERMERROR, Status.TEMPERROR):
+        for prefix in _PREFIXES:
+            text = text.removeprefix(prefix)
+        return text[:_MAX_REASON]
+    if status is Status.NONE:
+        return "no SPF record"
+    if status is Status.PASS:
+        return ""
+    if mechanism:
+        return f"matched {mechanism}"[:_MAX_REASON]
+    return "no mechanism matched"
+
+
+# ---------------------------------------------------------------- Received-SPF (RFC 7208 §9.1)
+
+_ATEXT = r"[A-Za-z0-9!#$%&'*+/=?^_`{|}~-]+"
+_DOT_ATOM = re.compile(rf"^{_ATEXT}(?:\.{_ATEXT})*$")
+_UNSAFE = re.compile(r"[^\x20-\x7e]")
+
+
+def _printable(text: str) -> str:
+    """Header-safe ASCII: CR, LF and other controls become spaces, anything non-ASCII becomes "?"."""
+    return _UNSAFE.sub(lambda m: " " if m.group() < "\x20" or m.group() == "\x7f" else "?", text)
+
+
+def _a_labels(domain: str) -> str:
+    """An internationalized domain in its ASCII form (RFC 5890), so that the header stays ASCII and exact."""
+    if domain.isascii():
+        return domain
+    try:
+        return domain.encode("idna").decode("ascii")
+    except UnicodeError:
+        return domain  # not a valid IDN: _printable() will mark the odd characters
+
+
+def _ascii_address(address: str) -> str:
+    local, at, domain = address.rpartition("@")
+    return f"{local}{at}{_a_labels(domain)}" if at else _a_labels(address)
+
+
+def _value(text: str) -> str:
+    """A key-value value (§9.1 ABNF: dot-atom / quoted-string), so that nothing can end it early."""
+    text = _printable(text)
+    if _DOT_ATOM.match(text):
+        return text
+    return '"' + text.replace("\\", "\\\\").replace('"', '\\"') + '"'
+
+
+def _comment_text(text: str) -> str:
+    """Text safe inside an RFC 5322 comment: no parentheses or backslashes to unbalance it."""
+    return " ".join(_printable(text).replace("(", "[").replace(")", "]").replace("\\", "/").split())
+
+
+def received_spf_header(result: SpfResult, conn: Connection, env: Envelope, authserv_id: str) -> str:
+    checked = result.mailfrom
+    ip = conn.client_ip
+    if ip is not None and ip.version == 6 and ip.ipv4_mapped:
+        ip = ip.ipv4_mapped  # pyspf evaluates a mapped address as IPv4, so report what was checked
+    ip_text = str(ip) if ip is not None else "unknown"
+    comment = _comment_text(f"{authserv_id}: {_explain(checked, ip_text)}")
+    pairs = []
+    if ip is not None:
+        pairs.append(("client-ip", ip_text))
+    if env.mail_from:
+        pairs.append(("envelope-from", _ascii_address(env.mail_from)))
+    if conn.helo:
+        pairs.append(("helo", _a_labels(conn.helo)))
+    pairs.append(("receiver", authserv_id))
+    if checked.status in (Status.PERMERROR, Status.TEMPERROR) and checked.reason:
+        pairs.append(("problem", checked.reason))
+    elif checked.mechanism:
+        pairs.append(("mechanism", checked.mechanism))
+    pairs.append(("identity", checked.identity))
+    text = f"{checked.status} ({comment}) " + " ".join(f"{key}={_value(value)};" for key, value in pairs)
+    return text
+
+
+def _explain(result: SpfIdentityResult, ip: str) -> str:
+    # The wording follows the examples of RFC 7208 §9.1.
+    who = _ascii_address(result.sender)
+    match result.status:
+        case Status.PASS:
+            return f"domain of {who} designates {ip} as permitted sender"
+        case Status.FAIL:
+            return f"domain of {who} does not designate {ip} as permitted sender"
+        case Status.SOFTFAIL:
+            return f"domain of transitioning {who} does not designate {ip} as permitted sender"
+        case Status.NEUTRAL:
+            return f"{ip} is neither permitted nor denied by domain of {who}"
+        case Status.NONE:
+            return f"domain of {who} does not designate permitted sender hosts"
+        case Status.TEMPERROR:
+            return f"temporary error in processing during lookup of {who}"
+        case _:
+            return f"permanent error in processing domain of {who}"
