@@ -1,0 +1,109 @@
+"""One key=value line per message: who sent it, what each check said, what we did and why, and what it cost.
+
+Values are quoted ("...") when they hold a space, a quote or a backslash, and anything invisible (CR, LF, NUL,
+other controls, bidi overrides, undecodable bytes) is written as an escape, so a sender's HELO or MAIL FROM can
+neither start a new log line nor fake a key. Every value is bounded.
+"""
+
+from __future__ import annotations
+
+import re
+import unicodedata
+from collections.abc import Iterable
+
+from authmilter.context import MessageContext
+from authmilter.pipeline import Results
+from authmilter.results import Action, Verdict
+
+MAX_VALUE = 256
+NOT_EVALUATED = "-"
+_KEY_JUNK = re.compile(r"[^a-z0-9_]")
+_INVISIBLE = frozenset({"Cc", "Cf", "Cs", "Co", "Cn", "Zl", "Zp"})
+# Keys this module writes itself: a check's log_fields() cannot claim them, wherever they sit in the line.
+OWN_KEYS = frozenset({"queue_id", "client_ip", "helo", "mail_from", "rcpt_count", "skipped", "forwarder", "dnssec",
+                      "action", "reason", "overridden", "reply", "dns_queries", "dns_deadline_expired", "ms"})
+
+
+def format_value(value: object) -> str:
+    raw = str(value)
+    if len(raw) > MAX_VALUE:
+        raw = raw[:MAX_VALUE - 3] + "..."
+    if raw == "":
+        return '""'
+    out: list[str] = []
+    quote = False
+    for ch in raw:
+        category = unicodedata.category(ch)
+        if ch in '\\"':
+            out.append("\\" + ch)
+            quote = True
+        elif ch == " ":
+            out.append(ch)
+            quote = True
+        elif category in _INVISIBLE or (category.startswith("Z") and ch != " "):
+            code = ord(ch)
+            out.append(f"\\x{code:02x}" if code < 0x100 else f"\\u{code:04x}" if code < 0x10000 else
+                       f"\\U{code:08x}")
+            quote = True
+        else:
+            out.append(ch)
+    text = "".join(out)
+    return f'"{text}"' if quote else text
+
+
+def format_key(key: str) -> str:
+    return _KEY_JUNK.sub("_", key.lower())[:64] or "_"
+
+
+def format_pairs(pairs: Iterable[tuple[str, object]]) -> str:
+    """key=value pairs joined by spaces; the first occurrence of a key wins, so no check can overwrite another's
+    field."""
+    seen: set[str] = set()
+    out = []
+    for key, value in pairs:
+        key = format_key(key)
+        if key in seen:
+            continue
+        seen.add(key)
+        out.append(f"{key}={format_value(value)}")
+    return " ".join(out)
+
+
+def _check_fields(results: Results) -> list[tuple[str, object]]:
+    pairs: list[tuple[str, object]] = []
+    # The four RFC 8601 methods always have a key, so a line can be grepped for "dkim=-" as well as "dkim=fail".
+    for name, result in (("iprev", results.iprev), ("srs", results.srs), ("spf", results.spf),
+                         ("sender", results.sender), ("dkim", results.dkim), ("dmarc", results.dmarc)):
+        if result is not None:
+            pairs.extend(result.log_fields().items())
+        elif name in ("iprev", "spf", "dkim", "dmarc"):
+            pairs.append((name, NOT_EVALUATED))
+    return pairs
+
+
+def format_line(ctx: MessageContext, results: Results, verdict: Verdict, elapsed_ms: float) -> str:
+    conn, env = ctx.connection, ctx.envelope
+    pairs: list[tuple[str, object]] = [
+        ("queue_id", env.queue_id or NOT_EVALUATED),
+        ("client_ip", conn.client_ip if conn.client_ip is not None else NOT_EVALUATED),
+        ("helo", conn.helo),
+        ("mail_from", env.mail_from or "<>"),
+        ("rcpt_count", len(env.rcpts)),
+    ]
+    if results.skipped:
+        pairs.append(("skipped", results.skipped))
+    pairs.extend((key, value) for key, value in _check_fields(results) if format_key(key) not in OWN_KEYS)
+    if results.forwarder:
+        pairs.append(("forwarder", results.forwarder))
+    pairs.append(("dnssec", results.dnssec))
+    pairs.append(("action", verdict.action))
+    pairs.append(("reason", verdict.reason))
+    if verdict.overridden:
+        pairs.append(("overridden", verdict.overridden))
+    if verdict.action in (Action.REJECT, Action.TEMPFAIL) and verdict.code:
+        pairs.append(("reply", f"{verdict.code} {verdict.status}".strip()))
+    pairs.append(("dns_queries", results.dns_queries))
+    if results.dns_deadline_expired:
+        pairs.append(("dns_deadline_expired", "yes"))
+    pairs.append(("ms", f"{elapsed_ms:.1f}"))
+    return format_pairs(pairs)

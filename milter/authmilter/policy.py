@@ -1,0 +1,286 @@
+"""Results + config -> one Verdict with a named reason. All precedence between checks is in RULES, below.
+
+Per message (`decide`, at end of message): the rules are tried in order and the first that returns a Verdict
+wins; a rule whose configured action is "accept" returns None, so later rules still apply. The order says:
+
+  1. skipped mail (trusted network, authenticated sender) is accepted: nothing was checked;
+  2. a missing, repeated or unparseable From (the classic ways around DMARC) is refused first;
+  3. a trusted forwarder's DMARC fail is handled by [forwarders] dmarc_fail_action, and never more strictly than
+     DMARC itself would have been handled;
+  4. DMARC reject, then the other permanent refusals (null MX, SPF fail, SPF permerror, iprev fail, a sender
+     domain without addresses): a DMARC verdict is the domain owner's own word and names the best reason;
+  5. temporary failures (DMARC, SPF, iprev temperror): a retry may give a definite answer, so they come before
+  6. the quarantines (DMARC quarantine, SPF softfail).
+
+Then two exemptions soften the verdict (EXEMPTIONS), keeping the would-be reason in the log:
+  - mail whose every recipient is postmaster@ or abuse@ is never rejected or tempfailed (RFC 5321 §4.5.1);
+  - monitor mode ([policy] enforce = no) never rejects, tempfails or quarantines.
+
+Per recipient (`decide_recipient`, at RCPT): a bounce to a forged or expired SRS address of ours is refused for
+that recipient only. The same two exemptions apply.
+
+Every reply text goes through `safe_reply_text`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+
+from authmilter.checks import srs as srs_check
+from authmilter.config import Config
+from authmilter.context import MessageContext
+from authmilter.pipeline import Results
+from authmilter.results import ACCEPT, Action, Status, Verdict
+
+Rule = Callable[[Results, MessageContext, Config], "Verdict | None"]
+Exemption = Callable[[Verdict, Sequence[str], Config], Verdict]
+
+MAX_REPLY_TEXT = 300   # an SMTP reply line is at most 512 octets with its code (RFC 5321 §4.5.3.1.5)
+_SEVERITY = {Action.ACCEPT: 0, Action.QUARANTINE: 1, Action.TEMPFAIL: 2, Action.REJECT: 3}
+_EXEMPT_LOCAL_PARTS = frozenset({"postmaster", "abuse"})
+
+
+# ---------------------------------------------------------------- reply text
+
+def safe_reply_text(text: str, limit: int = MAX_REPLY_TEXT) -> str:
+    """Text libmilter will send as-is: printable ASCII on one line, bounded, with every `%` doubled (libmilter
+    formats the reply text and drops it when it holds a lone `%`)."""
+    printable = "".join(ch if " " <= ch <= "~" else " " for ch in text)
+    one_line = " ".join(printable.split())
+    if len(one_line.replace("%", "%%")) > limit:
+        one_line = one_line[:limit - 3]
+        while len(one_line.replace("%", "%%")) > limit - 3:
+            one_line = one_line[:-1]
+        one_line = one_line.rstrip() + "..."
+    return one_line.replace("%", "%%")
+
+
+def _verdict(action: Action, reason: str, text: str, *, reject: tuple[str, str] = ("550", "5.7.1"),
+             tempfail: tuple[str, str] = ("451", "4.7.1")) -> Verdict | None:
+    """The verdict for a configured action; None for accept, so that later rules still get their say."""
+    if action is Action.ACCEPT:
+        return None
+    code, status = {Action.REJECT: reject, Action.TEMPFAIL: tempfail}.get(action, ("", ""))
+    return Verdict(action, code, status, safe_reply_text(text), reason)
+
+
+# ---------------------------------------------------------------- per-message rules
+
+def skipped(results: Results, ctx: MessageContext, cfg: Config) -> Verdict | None:
+    return Verdict(Action.ACCEPT, reason=results.skipped) if results.skipped else None
+
+
+def dmarc_from_error(results: Results, ctx: MessageContext, cfg: Config) -> Verdict | None:
+    if results.dmarc is None or not results.dmarc.from_error:
+        return None
+    # RFC 5322 §3.6 requires exactly one From; RFC 9989 cannot name an author domain without it.
+    return _verdict(cfg.dmarc.from_error_action, "dmarc_from_error",
+                    "Message must have exactly one From header with one valid address")
+
+
+def _dmarc_disposition(results: Results, cfg: Config) -> Verdict | None:
+    dmarc = results.dmarc
+    if dmarc is None or dmarc.status != Status.FAIL:
+        return None
+    domain = dmarc.from_domain or "the From domain"
+    if dmarc.disposition == "reject":
+        return _verdict(cfg.dmarc.reject_action, "dmarc_reject",
+                        f"Message rejected: the DMARC policy of {domain} rejects unauthenticated mail")
+    if dmarc.disposition == "quarantine":
+        return _verdict(cfg.dmarc.quarantine_action, "dmarc_quarantine",
+                        f"DMARC policy of {domain} asks to quarantine unauthenticated mail")
+    return None
+
+
+def trusted_forwarder_dmarc(results: Results, ctx: MessageContext, cfg: Config) -> Verdict | None:
+    if not results.forwarder:
+        return None
+    would = _dmarc_disposition(results, cfg)
+    if would is None:
+        return None
+    # Issue 4: forwarded mail fails SPF for the original domain and list footers break DKIM; the operator chose
+    # what to do instead, but trusting a forwarder must never make us stricter than DMARC alone.
+    action = min(would.action, cfg.forwarders.dmarc_fail_action, key=_SEVERITY.__getitem__)
+    reason = f"trusted_forwarder:{would.reason}"
+    if action is would.action:
+        return Verdict(action, would.code, would.status, would.text, reason, overridden="trusted_forwarder")
+    text = "" if action is Action.ACCEPT else f"DMARC fail via trusted forwarder ({results.forwarder})"
+    return Verdict(action, text=safe_reply_text(text), reason=reason, overridden="trusted_forwarder")
+
+
+def dmarc_reject(results: Results, ctx: MessageContext, cfg: Config) -> Verdict | None:
+    verdict = _dmarc_disposition(results, cfg)
+    return verdict if verdict is not None and verdict.reason == "dmarc_reject" else None
+
+
+def dmarc_quarantine(results: Results, ctx: MessageContext, cfg: Config) -> Verdict | None:
+    verdict = _dmarc_disposition(results, cfg)
+    return verdict if verdict is not None and verdict.reason == "dmarc_quarantine" else None
+
+
+def dmarc_temperror(results: Results, ctx: MessageContext, cfg: Config) -> Verdict | None:
+    if results.dmarc is None or results.dmarc.status != Status.TEMPERROR:
+        return None
+    # RFC 7372 has no DMARC code; RFC 3463 X.7.1 (delivery not authorized) as a transient condition.
+    return _verdict(cfg.dmarc.temperror_action, "dmarc_temperror",
+                    "DMARC could not be evaluated (temporary DNS failure), try again later",
+                    tempfail=("451", "4.7.1"))
+
+
+def null_mx(results: Results, ctx: MessageContext, cfg: Config) -> Verdict | None:
+    if results.sender is None or not results.sender.null_mx:
+        return None
+    # RFC 7505 §4.2: mail from a null-MX domain SHOULD be rejected with 550 5.7.27.
+    return _verdict(cfg.sender.null_mx_action, "null_mx",
+                    f"Sender address has null MX: {results.sender.domain} accepts no mail",
+                    reject=("550", "5.7.27"))
+
+
+def sender_no_address(results: Results, ctx: MessageContext, cfg: Config) -> Verdict | None:
+    if results.sender is None or not results.sender.no_address:
+        return None
+    # RFC 3463 X.1.8: bad sender's system address (Postfix's reject_unknown_sender_domain uses the same code).
+    return _verdict(cfg.sender.no_address_action, "sender_no_address",
+                    f"Sender address rejected: {results.sender.domain} has no MX, A or AAAA record",
+                    reject=("550", "5.1.8"), tempfail=("451", "4.1.8"))
+
+
+def _spf_exempt(results: Results, cfg: Config) -> bool:
+    """Forwarded mail: a trusted forwarder (issue 4), or DMARC passing through DKIM despite SPF (issue 3)."""
+    if results.forwarder:
+        return True
+    return (cfg.policy.dmarc_pass_overrides_spf and results.dmarc is not None
+            and results.dmarc.status == Status.PASS)
+
+
+def spf_fail(results: Results, ctx: MessageContext, cfg: Config) -> Verdict | None:
+    if results.spf is None or results.spf.mailfrom.status != Status.FAIL or _spf_exempt(results, cfg):
+        return None
+    mailfrom = results.spf.mailfrom
+    text = f"SPF validation failed: {mailfrom.domain} does not authorize this sender"
+    if cfg.spf.show_explanation and mailfrom.explanation:
+        # RFC 7208 §8.4: the domain's explanation is meant for the SMTP reply; safe_reply_text defuses it.
+        text = f"SPF validation failed: {mailfrom.explanation}"
+    return _verdict(cfg.spf.fail_action, "spf_fail", text, reject=("550", "5.7.23"))
+
+
+def spf_softfail(results: Results, ctx: MessageContext, cfg: Config) -> Verdict | None:
+    if results.spf is None or results.spf.mailfrom.status != Status.SOFTFAIL or _spf_exempt(results, cfg):
+        return None
+    return _verdict(cfg.spf.softfail_action, "spf_softfail",
+                    f"SPF softfail for {results.spf.mailfrom.domain}")
+
+
+def spf_permerror(results: Results, ctx: MessageContext, cfg: Config) -> Verdict | None:
+    if results.spf is None or results.spf.mailfrom.status != Status.PERMERROR:
+        return None
+    return _verdict(cfg.spf.permerror_action, "spf_permerror",
+                    f"SPF validation error: the SPF record of {results.spf.mailfrom.domain} is invalid",
+                    reject=("550", "5.7.24"))
+
+
+def spf_temperror(results: Results, ctx: MessageContext, cfg: Config) -> Verdict | None:
+    if results.spf is None or results.spf.mailfrom.status != Status.TEMPERROR:
+        return None
+    # RFC 7372 §3.2: X.7.24 SPF validation error, here as a transient condition.
+    return _verdict(cfg.spf.temperror_action, "spf_temperror",
+                    "SPF could not be evaluated (temporary DNS failure), try again later",
+                    tempfail=("451", "4.7.24"))
+
+
+def iprev_fail(results: Results, ctx: MessageContext, cfg: Config) -> Verdict | None:
+    if results.iprev is None or results.iprev.status != Status.FAIL:
+        return None
+    return _verdict(cfg.iprev.fail_action, "iprev_fail",
+                    f"Reverse DNS validation failed for {results.iprev.client_ip}", reject=("550", "5.7.25"))
+
+
+def iprev_temperror(results: Results, ctx: MessageContext, cfg: Config) -> Verdict | None:
+    if results.iprev is None or results.iprev.status != Status.TEMPERROR:
+        return None
+    # RFC 7372 §3.3: X.7.25 reverse DNS validation failed, here as a transient condition.
+    return _verdict(cfg.iprev.temperror_action, "iprev_temperror",
+                    "Reverse DNS could not be validated (temporary DNS failure), try again later",
+                    tempfail=("451", "4.7.25"))
+
+
+RULES: tuple[Rule, ...] = (
+    skipped,
+    dmarc_from_error,
+    trusted_forwarder_dmarc,
+    dmarc_reject,
+    null_mx,
+    spf_fail,
+    spf_permerror,
+    iprev_fail,
+    sender_no_address,
+    dmarc_temperror,
+    spf_temperror,
+    iprev_temperror,
+    dmarc_quarantine,
+    spf_softfail,
+)
+
+
+# ---------------------------------------------------------------- exemptions
+
+def is_exempt_recipient(rcpt: str) -> bool:
+    """postmaster@ or abuse@ any domain, or a bare "postmaster" (RFC 5321 §4.5.1), case-insensitively."""
+    address = rcpt.strip().strip("<>").strip()
+    local = address.rpartition("@")[0] if "@" in address else address
+    return local.strip('"').lower() in _EXEMPT_LOCAL_PARTS
+
+
+def postmaster_exemption(verdict: Verdict, rcpts: Sequence[str], cfg: Config) -> Verdict:
+    # RFC 5321 §4.5.1: postmaster must always be reachable, and abuse reports must get through (RFC 2142).
+    # Only when EVERY recipient is exempt: a mixed list is decided as usual (one verdict covers the whole
+    # message), or any spoof could add postmaster@ to slip past policy. A legitimate sender whose mixed message
+    # is refused gets a DSN and can write to postmaster alone. Quarantine still applies: the held message
+    # reaches the postmaster through the operator, and nothing is refused.
+    if verdict.action not in (Action.REJECT, Action.TEMPFAIL):
+        return verdict
+    if not rcpts or not all(is_exempt_recipient(rcpt) for rcpt in rcpts):
+        return verdict
+    return Verdict(Action.ACCEPT, reason=f"postmaster:{verdict.reason}", overridden=verdict.overridden
+                   or "local_policy")
+
+
+def monitor_mode(verdict: Verdict, rcpts: Sequence[str], cfg: Config) -> Verdict:
+    # "Record and log every verdict, never reject or tempfail": a hold would also change delivery, so
+    # quarantine is lifted too. The would-be reason stays in the log.
+    if cfg.policy.enforce or verdict.action is Action.ACCEPT:
+        return verdict
+    return Verdict(Action.ACCEPT, reason=f"monitor:{verdict.reason}", overridden=verdict.overridden
+                   or "local_policy")
+
+
+EXEMPTIONS: tuple[Exemption, ...] = (postmaster_exemption, monitor_mode)
+
+
+def _exempted(verdict: Verdict, rcpts: Sequence[str], cfg: Config) -> Verdict:
+    for exemption in EXEMPTIONS:
+        verdict = exemption(verdict, rcpts, cfg)
+    return verdict
+
+
+# ---------------------------------------------------------------- entry points
+
+def decide(results: Results, ctx: MessageContext, cfg: Config, *,
+           rules: Sequence[Rule] = RULES) -> Verdict:
+    """The one verdict for a message at end of message."""
+    verdict = next((v for v in (rule(results, ctx, cfg) for rule in rules) if v is not None), ACCEPT)
+    return _exempted(verdict, ctx.envelope.rcpts, cfg)
+
+
+def decide_recipient(rcpt: str, cfg: Config, *, now: float) -> Verdict:
+    """The verdict for one RCPT TO: only bounces to our own SRS addresses are judged here (issue 4)."""
+    bounce = srs_check.verify_bounce(rcpt, cfg.srs, now)
+    if bounce.status in ("not_srs", "valid"):
+        return ACCEPT
+    texts = {"bad_hash": "hash does not match", "expired": "timestamp expired", "malformed": "malformed address"}
+    verdict = Verdict(Action.REJECT, "550", "5.7.1",
+                      safe_reply_text(f"Invalid SRS address: {texts.get(bounce.status, bounce.status)}"),
+                      f"srs_{bounce.status}")
+    return _exempted(verdict, (rcpt,), cfg)
+
+
