@@ -118,6 +118,8 @@ CASES = [
     ("iprev fail accepted by default", Results(iprev=iprev(Status.FAIL)), {}, (Action.ACCEPT, "", "", "accept", "")),
     ("iprev fail rejects", Results(iprev=iprev(Status.FAIL)), {"iprev": {"fail_action": Action.REJECT}},
      (Action.REJECT, "550", "5.7.25", "iprev_fail", "")),
+    ("iprev permerror (no PTR) rejects like fail", Results(iprev=iprev(Status.PERMERROR)),
+     {"iprev": {"fail_action": Action.REJECT}}, (Action.REJECT, "550", "5.7.25", "iprev_fail", "")),
     ("iprev temperror tempfails", Results(iprev=iprev(Status.TEMPERROR)),
      {"iprev": {"temperror_action": Action.TEMPFAIL}}, (Action.TEMPFAIL, "451", "4.7.25", "iprev_temperror", "")),
     ("null MX", Results(sender=SenderDomainResult("example.org", null_mx=True)), {},

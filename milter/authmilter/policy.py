@@ -189,7 +189,9 @@ def spf_temperror(results: Results, ctx: MessageContext, cfg: Config) -> Verdict
 
 
 def iprev_fail(results: Results, ctx: MessageContext, cfg: Config) -> Verdict | None:
-    if results.iprev is None or results.iprev.status != Status.FAIL:
+    # No PTR at all (permerror, RFC 8601 §2.7.3) is as unconfirmed as a mismatch: an operator who rejects on
+    # failed FCrDNS means both.
+    if results.iprev is None or results.iprev.status not in (Status.FAIL, Status.PERMERROR):
         return None
     return _verdict(cfg.iprev.fail_action, "iprev_fail",
                     f"Reverse DNS validation failed for {results.iprev.client_ip}", reject=("550", "5.7.25"))
