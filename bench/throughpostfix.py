@@ -1,0 +1,149 @@
+"""The through-Postfix part: the same messages over SMTP to a private Postfix, with each milter and with none.
+
+Latency is measured where a sending MTA feels it: from the end of DATA (".") to Postfix's 250, which includes the
+milter's whole end-of-message work and every milter-protocol round trip. "Added latency" is that p50 minus the
+p50 of the same Postfix with no milter, in the same run. The inet case is measured twice, without and with
+`quickack 1` on the loopback routes, to show that the rest of the Nagle stall is the peer's delayed ACK.
+"""
+
+from __future__ import annotations
+
+import multiprocessing
+import os
+import socket
+import smtplib
+import statistics
+import subprocess
+import time
+from pathlib import Path
+
+from bench import corpus, milters, procstat
+from tests.e2e import postfixlab
+from tests.e2e.zonedata import RECIPIENT_DOMAIN
+
+LISTENERS = {"none": 2500, "authmilter-unix": 2501, "authmilter-inet": 2502, "null-pymilter": 2503,
+             "opendkim+opendmarc": 2504}
+INET_PORT = 8894
+RCPT = f"bench@{RECIPIENT_DOMAIN}"
+
+
+def _send(task: tuple[int, bytes]) -> tuple[float, int]:
+    port, message = task
+    client = smtplib.SMTP("127.0.0.1", port, timeout=120, source_address=(corpus.CLIENT_IP, 0))
+    try:
+        client.ehlo(corpus.HELO)
+        client.mail(corpus.SENDER)
+        client.rcpt(RCPT)
+        code, _ = client.docmd("DATA")
+        if code != 354:
+            return 0.0, code
+        client.send(message + b".\r\n")
+        started = time.perf_counter()
+        code, _ = client.getreply()
+        return time.perf_counter() - started, code
+    finally:
+        try:
+            client.quit()
+        except (smtplib.SMTPException, OSError):
+            pass
+
+
+def _measure(port: int, payloads: list[bytes], concurrency: int, pids: list[int]) -> dict:
+    tasks = [(port, payload) for payload in payloads]
+    before = procstat.sample(pids) if pids else None
+    started = time.perf_counter()
+    if concurrency == 1:
+        results = [_send(task) for task in tasks]
+    else:
+        with multiprocessing.get_context("fork").Pool(concurrency) as pool:
+            results = pool.map(_send, tasks, chunksize=1)
+    elapsed = time.perf_counter() - started
+    latencies = sorted(r[0] * 1000 for r in results if r[1] == 250)
+    failures = sum(1 for r in results if r[1] != 250)
+    cpu = (procstat.sample(pids).cpu_seconds - before.cpu_seconds) * 1000 / len(tasks) if pids else 0.0
+    return {"messages": len(tasks), "failures": failures, "msgs_per_s": len(tasks) / elapsed,
+            "p50_ms": statistics.median(latencies) if latencies else None,
+            "p99_ms": latencies[min(len(latencies) - 1, int(len(latencies) * 0.99))] if latencies else None,
+            "milter_cpu_ms_per_msg": cpu}
+
+
+def _quickack(enabled: bool) -> None:
+    """Linux keeps TCP_QUICKACK per route; on loopback both the milter's and Postfix's ACKs use these routes."""
+    value = "1" if enabled else "0"
+    for prefix in ("127.0.0.0/8", "127.0.0.1"):
+        subprocess.run(["ip", "route", "change", "local", prefix, "dev", "lo", "table", "local", "quickack",
+                        value], check=False, capture_output=True)
+
+
+def run(tmp: Path, messages: list[bytes], public_key: str, *, quick: bool) -> list[dict]:
+    del public_key  # the DNS server started by the caller already serves the key
+    os.chmod(tmp, 0o755)  # Postfix's smtpd runs as `postfix` and must reach the milter sockets below tmp
+    workdir = tmp / "postfix-part"
+    workdir.mkdir()
+    contenders: dict[str, milters.RunningMilter] = {}
+    for name, start in (("authmilter-unix", lambda d: milters.start_authmilter(d, "127.0.0.1:53")),
+                        ("authmilter-inet", lambda d: milters.start_authmilter(d, "127.0.0.1:53",
+                                                                               inet_port=INET_PORT)),
+                        ("null-pymilter", milters.start_nullmilter),
+                        ("opendkim+opendmarc", milters.start_opendkim_opendmarc)):
+        if name == "opendkim+opendmarc" and not milters.opendkim_available():
+            continue
+        directory = workdir / name
+        directory.mkdir()
+        contenders[name] = start(directory)
+    listeners = {LISTENERS["none"]: ""}
+    for name, running in contenders.items():
+        specs = [f"inet:{s}" if not s.startswith("/") else f"unix:{s}" for s in running.sockets]
+        listeners[LISTENERS[name]] = ",".join(specs)
+    config = postfixlab.prepare(workdir / "postfix", listeners)
+    subprocess.run(["postfix", "-c", str(config), "check"], check=True)
+    master = subprocess.Popen(["timeout", "1800", str(postfixlab.DAEMON_DIRECTORY / "master"), "-c", str(config),
+                               "-d"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    rows: list[dict] = []
+    try:
+        _wait_port(LISTENERS["none"])
+        ten_kb = [m for m in messages if len(m) < 20 * 1024][:1] * (20 if quick else 50)
+        mix = messages * (1 if quick else 3)
+        print("\nthrough Postfix: end of DATA -> 250, 10 KB message at concurrency 1; the mix at concurrency 16")
+        print(f"{'milter':<30} {'case':<10} {'msgs':>5} {'msg/s':>8} {'p50 ms':>8} {'p99 ms':>8} "
+              f"{'+p50 ms':>8} {'cpu ms':>7}")
+        baseline: dict[str, float] = {}
+        cases = [(name, False) for name in ("none", *contenders)]
+        if "authmilter-inet" in contenders:
+            cases.append(("authmilter-inet", True))
+        for name, quickack in cases:
+            _quickack(quickack)
+            pids = contenders[name].pids if name in contenders else []
+            _measure(LISTENERS[name], ten_kb[:3], 1, pids)  # warm the DNS cache and Postfix's processes
+            for case, payloads, concurrency in (("latency", ten_kb, 1), ("mix c=16", mix, 16)):
+                figures = _measure(LISTENERS[name], payloads, concurrency, pids)
+                label = name + (" +quickack" if quickack else "")
+                if name == "none":
+                    baseline[case] = figures["p50_ms"] or 0.0
+                added = (figures["p50_ms"] or 0.0) - baseline.get(case, 0.0)
+                figures.update({"milter": label, "case": case, "added_p50_ms": added})
+                rows.append(figures)
+                print(f"{label:<30} {case:<10} {figures['messages']:>5} {figures['msgs_per_s']:>8.1f} "
+                      f"{figures['p50_ms'] or 0:>8.2f} {figures['p99_ms'] or 0:>8.2f} {added:>8.2f} "
+                      f"{figures['milter_cpu_ms_per_msg']:>7.2f}", flush=True)
+        _quickack(False)
+    finally:
+        subprocess.run(["postfix", "-c", str(config), "stop"], check=False, capture_output=True)
+        try:
+            master.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            master.kill()
+        for running in contenders.values():
+            running.stop()
+    return rows
+
+
+def _wait_port(port: int) -> None:
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=1).close()
+            return
+        except OSError:
+            time.sleep(0.1)
+    raise RuntimeError(f"Postfix did not listen on {port}")
