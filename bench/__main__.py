@@ -42,6 +42,7 @@ def main(argv: list[str]) -> int:
     parser.add_argument("--quick", action="store_true", help="concurrency 1 and 4 only, one pass")
     parser.add_argument("--json", default="bench-results/bench.json", help="where to write the figures")
     parser.add_argument("--no-postfix", action="store_true", help="skip the through-Postfix part")
+    parser.add_argument("--no-memory", action="store_true", help="skip the memory cases")
     parser.add_argument("--only", action="append", default=[], metavar="MILTER",
                         help="measure only this contender (authmilter, null-pymilter, opendkim+opendmarc)")
     args = parser.parse_args(argv)
@@ -60,7 +61,7 @@ def main(argv: list[str]) -> int:
     warm_passes = 1 if args.quick else 10
     report: dict = {"machine": {"cpus": os.cpu_count(), "python": platform.python_version(),
                                 "kernel": platform.release()},
-                    "mix": [list(m) for m in corpus.MIX], "direct": [], "postfix": []}
+                    "mix": [list(m) for m in corpus.MIX], "direct": [], "memory": [], "postfix": []}
     print(f"mix: {', '.join(f'{n} x {s // 1024} KB' for n, s in corpus.MIX)}, rsa-2048 relaxed/relaxed")
     print(direct.HEADER)
     with DnsServer(corpus.zone(public_key, [corpus.CLIENT_IP]), host="127.0.0.1", port=53, lifetime=3000), \
@@ -88,6 +89,10 @@ def main(argv: list[str]) -> int:
                         report["direct"].append(direct.as_dict(result))
                 finally:
                     running.stop()
+        if not args.no_memory:
+            from bench import memory
+            report["memory"] = memory.run(lambda wd: milters.start_authmilter(wd, "127.0.0.1:53"), Path(tmp),
+                                          private_key)
         if not args.no_postfix:
             from bench import throughpostfix
             report["postfix"] = throughpostfix.run(Path(tmp), messages, public_key, quick=args.quick)
