@@ -6,7 +6,7 @@ PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
 CONFIG ?= config/authmilter.ini
-DEBIAN_PACKAGES := postfix nsd unbound libmilter-dev iproute2 ldnsutils dnsutils procps
+DEBIAN_PACKAGES := postfix nsd unbound libmilter-dev iproute2 ldnsutils dnsutils procps openssl
 STAMP_DEB := $(VENV)/.debian-packages
 STAMP_PY := $(VENV)/.installed
 

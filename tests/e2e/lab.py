@@ -40,7 +40,7 @@ KEEP_ENV = "AUTHMILTER_E2E_KEEP"  # set to 1 to keep the lab directory (configs,
 
 
 def missing_tools() -> str:
-    for tool in ("nsd", "unbound", "ldns-keygen", "ldns-signzone", "ldns-key2ds", "dig", "timeout"):
+    for tool in ("nsd", "unbound", "ldns-keygen", "ldns-signzone", "ldns-key2ds", "dig", "timeout", "openssl"):
         if shutil.which(tool) is None:
             return f"{tool} is not installed"
     return postfixlab.available()
@@ -89,7 +89,8 @@ class Delivered:
     def headers(self) -> list[tuple[str, str]]:
         """(name, value) in order, values unfolded."""
         parsed = BytesParser(policy=email.policy.compat32).parsebytes(self.raw, headersonly=True)
-        return [(name, re.sub(r"\r?\n[ \t]", " ", value)) for name, value in parsed.items()]
+        # compat32 hands 8-bit (SMTPUTF8) values back as Header objects: str() gives their text either way.
+        return [(name, re.sub(r"\r?\n[ \t]", " ", str(value))) for name, value in parsed.items()]
 
     def get_all(self, name: str) -> list[str]:
         return [value for key, value in self.headers if key.lower() == name.lower()]

@@ -30,6 +30,8 @@ def send(request: dict) -> dict:
 
     result = {"stages": stages, "accepted": False, "queue_id": None}
     client = smtplib.SMTP(timeout=120, source_address=(request["source"], 0))
+    if "SMTPUTF8" in request.get("mail_params", "").upper():
+        client.command_encoding = "utf-8"  # RFC 6531: UTF-8 envelope addresses once SMTPUTF8 is asked for
     try:
         if record("connect", *client.connect(request["host"], request["port"])) != 220:
             return result
