@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -83,24 +84,26 @@ def start_authmilter(workdir: Path, nameserver: str, *, inet_port: int | None = 
     process = subprocess.Popen([sys.executable, "-m", "authmilter", "run", "--config", str(config)],
                                stdout=log.open("ab"), stderr=subprocess.STDOUT)
     if inet_port:
-        _wait_for_port(inet_port, process, log)
+        wait_for_port(inet_port, process, log)
         return RunningMilter("authmilter-inet", [f"127.0.0.1:{inet_port}"], [process])
     _wait_for_socket(sock, process, log)
     return RunningMilter("authmilter", [str(sock)], [process])
 
 
-def _wait_for_port(port: int, process: subprocess.Popen, log: Path) -> None:
-    import socket
-    deadline = time.monotonic() + 20
+def wait_for_port(port: int, process: subprocess.Popen | None = None, log: Path | None = None,
+                  timeout: float = 30) -> None:
+    """Until something accepts connections on 127.0.0.1:port; fails early if `process` exits first."""
+    deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         try:
             socket.create_connection(("127.0.0.1", port), timeout=1).close()
             return
         except OSError:
-            if process.poll() is not None:
-                raise RuntimeError(f"milter exited: {log.read_text()[-2000:]}") from None
+            if process is not None and process.poll() is not None:
+                detail = log.read_text()[-2000:] if log else ""
+                raise RuntimeError(f"exited before listening on {port}: {detail}") from None
             time.sleep(0.05)
-    raise RuntimeError(f"port {port} did not open")
+    raise RuntimeError(f"nothing listens on port {port}")
 
 
 def start_nullmilter(workdir: Path) -> RunningMilter:

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import multiprocessing
 import os
-import socket
 import smtplib
 import statistics
 import subprocess
@@ -101,7 +100,7 @@ def run(tmp: Path, messages: list[bytes], public_key: str, *, quick: bool) -> li
                                "-d"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     rows: list[dict] = []
     try:
-        _wait_port(LISTENERS["none"])
+        milters.wait_for_port(LISTENERS["none"], master)
         ten_kb = [m for m in messages if len(m) < 20 * 1024][:1] * (20 if quick else 50)
         mix = messages * (1 if quick else 3)
         print("\nthrough Postfix: end of DATA -> 250, 10 KB message at concurrency 1; the mix at concurrency 16")
@@ -136,14 +135,3 @@ def run(tmp: Path, messages: list[bytes], public_key: str, *, quick: bool) -> li
         for running in contenders.values():
             running.stop()
     return rows
-
-
-def _wait_port(port: int) -> None:
-    deadline = time.monotonic() + 30
-    while time.monotonic() < deadline:
-        try:
-            socket.create_connection(("127.0.0.1", port), timeout=1).close()
-            return
-        except OSError:
-            time.sleep(0.1)
-    raise RuntimeError(f"Postfix did not listen on {port}")
