@@ -7,6 +7,7 @@ config/authmilter.ini, which a test checks). Any problem is a ConfigError "FILE:
 
 from __future__ import annotations
 
+import ast
 import configparser
 import dataclasses
 import ipaddress
@@ -193,6 +194,8 @@ class TrustSection:
 @dataclass(frozen=True, slots=True)
 class PolicySection:
     enforce: bool = key(True, "no = monitor mode: record and log every verdict, never reject or tempfail")
+    dmarc_pass_overrides_spf: bool = key(True, "an SPF fail or softfail action is not applied when DMARC "
+                                               "passes (forwarded mail whose DKIM signature survived)")
 
 
 @dataclass(frozen=True, slots=True)
@@ -247,7 +250,7 @@ class DmarcSection:
 @dataclass(frozen=True, slots=True)
 class IprevSection:
     enabled: bool = key(True, "check forward-confirmed reverse DNS (RFC 8601 §3)")
-    fail_action: Action = key(Action.ACCEPT, "on iprev fail: accept or reject 550 5.7.25",
+    fail_action: Action = key(Action.ACCEPT, "on iprev fail or permerror (no PTR): accept or reject 550 5.7.25",
                               choices=("accept", "reject"))
     temperror_action: Action = key(Action.ACCEPT, "on iprev temperror", choices=("accept", "tempfail"))
     max_names: int = key(10, "PTR names followed per client IP", minimum=1, maximum=50)
@@ -351,7 +354,7 @@ def parse_config_text(text: str, source: str) -> Config:
     try:
         parser.read_string(text, source=source)
     except configparser.Error as exc:
-        raise ConfigError(f"{source}: {' '.join(str(exc).split())}") from None
+        raise ConfigError(_syntax_error(source, exc)) from None
     sections: dict[str, Any] = {}
     for section_name in parser.sections():
         if section_name not in SECTIONS:
@@ -370,6 +373,22 @@ def parse_config_text(text: str, source: str) -> Config:
                 raise ConfigError(f"{source}: [{section_name}] {key_name}: {exc}") from None
         sections[section_name] = section_cls(**values)
     return Config(**sections, source=source)
+
+
+def _syntax_error(source: str, exc: configparser.Error) -> str:
+    """configparser's messages repeat the file name and span lines; ours follow "FILE: [section] key: reason"."""
+    if isinstance(exc, configparser.DuplicateOptionError):
+        return f"{source}: [{exc.section}] {exc.option}: duplicate key (line {exc.lineno})"
+    if isinstance(exc, configparser.DuplicateSectionError):
+        return f"{source}: [{exc.section}]: duplicate section (line {exc.lineno})"
+    if isinstance(exc, configparser.MissingSectionHeaderError):
+        return f"{source}: line {exc.lineno}: expected a [section] header, got {exc.line.strip()!r}"
+    if isinstance(exc, configparser.ParsingError):
+        lineno, line = exc.errors[0]
+        if line[:1] in ("'", '"'):  # configparser stores the repr of the offending line
+            line = ast.literal_eval(line)
+        return f"{source}: line {lineno}: cannot parse {line.strip()!r} (expected key = value)"
+    return f"{source}: {' '.join(str(exc).split())}"
 
 
 def load_config(path: str | Path | None) -> Config:

@@ -1,0 +1,452 @@
+"""The milter shell: the only module that imports pymilter's Milter.
+
+One AuthMilter object per SMTP connection. Until end-of-message it only records facts (client, HELO, envelope,
+header bytes, where each incoming Authentication-Results header sits); at end-of-message it freezes a
+MessageContext, runs the one decision function `judge()` (which the `check` command calls too) and applies the
+verdict. Anything unexpected in our code is logged with the queue id and answered with [milter] error_action; it
+never reaches libmilter.
+"""
+
+from __future__ import annotations
+
+import functools
+import ipaddress
+import logging
+import re
+import time
+from dataclasses import dataclass
+from typing import Callable
+
+import Milter
+
+from authmilter import arheader, logline, pipeline, policy
+from authmilter.checks import spf as spf_check
+from authmilter.config import Config
+from authmilter.context import Connection, Envelope, Header, Message, MessageContext
+from authmilter.pipeline import Results
+from authmilter.results import Action, Verdict
+
+log = logging.getLogger("authmilter")
+
+AR_NAME = "Authentication-Results"
+RECEIVED_SPF_NAME = "Received-SPF"
+MAX_RECIPIENTS = 1000          # Postfix's smtpd_recipient_limit default; more is hostile or broken
+
+# What we may do at end-of-message. Nothing that touches the body or the envelope.
+ACTIONS = Milter.ADDHDRS | Milter.CHGHDRS | Milter.QUARANTINE | Milter.SETSYMLIST
+
+# Protocol options we ask for: header values with their leading space and folding intact (so DKIM sees the signed
+# bytes), no DATA/EOH/unknown-command events, and no replies for the events that only record facts.
+PROTOCOL = (Milter.P_HDR_LEADSPC | Milter.P_NODATA | Milter.P_NOEOH | Milter.P_NOUNKNOWN
+            | Milter.P_NR_CONN | Milter.P_NR_HELO | Milter.P_NR_MAIL | Milter.P_NR_HDR | Milter.P_NR_BODY)
+
+# Macros we read, per stage (at most 5 each). Postfix sends {i} once the queue file exists (RCPT, EOM).
+MACROS = (
+    (Milter.M_CONNECT, "j {client_addr}"),
+    (Milter.M_ENVFROM, "{i} {auth_authen}"),
+    (Milter.M_ENVRCPT, "{i}"),
+    (Milter.M_EOM, "{i}"),
+)
+
+_ODD_PERCENT = re.compile(r"(?<!%)%(?:%%)*(?!%)")
+
+
+# ---------------------------------------------------------------- the decision, shared with `authmilter check`
+
+@dataclass(frozen=True, slots=True)
+class Runtime:
+    """What a message is judged with: one config, its authserv-id, and the shared resolver."""
+
+    cfg: Config
+    authserv_id: str
+    resolver: object  # authmilter.resolver.Resolver (has for_message() and close())
+
+
+class RuntimeRef:
+    """The one reference a reload swaps. A transaction reads it once, at MAIL FROM, and keeps what it got."""
+
+    __slots__ = ("current",)
+
+    def __init__(self, runtime: Runtime) -> None:
+        self.current = runtime
+
+
+@dataclass(frozen=True, slots=True)
+class Judgement:
+    results: Results
+    verdict: Verdict
+    ar_value: str       # Authentication-Results value: leading space, folded with "\n\t"; "" = add none
+    received_spf: str   # Received-SPF value with a leading space, or "" when SPF did not run / is turned off
+
+
+def judge(ctx: MessageContext, dns, cfg: Config, authserv_id: str, *, now: float) -> Judgement:
+    """Run every check, decide, and render: the whole end-of-message path without any milter I/O."""
+    results = pipeline.evaluate(ctx, dns, cfg, now=now)
+    verdict = policy.decide(results, ctx, cfg)
+    ar_value = arheader.render(authserv_id, results)
+    received = ""
+    if cfg.spf.received_spf_header and results.spf is not None:
+        received = _as_header_value(
+            spf_check.received_spf_header(results.spf, ctx.connection, ctx.envelope, authserv_id))
+    return Judgement(results, verdict, _as_header_value(ar_value) if ar_value.strip() else "", received)
+
+
+def _as_header_value(value: str) -> str:
+    """libmilter wants LF folding, and with SMFIP_HDR_LEADSPC the value's leading space is ours to supply."""
+    value = value.replace("\r\n", "\n").replace("\r", "")
+    return value if value[:1] in (" ", "\t") else " " + value
+
+
+def reply_text(text: str) -> str:
+    """Text safe for smfi_setreply: one line, and no lone '%' (libmilter silently drops such a reply)."""
+    text = " ".join(text.replace("\0", " ").splitlines()).strip()
+    if _ODD_PERCENT.search(text):
+        text = text.replace("%", "%%")
+    return text
+
+
+def strip_brackets(address: str) -> str:
+    address = address.strip()
+    if address.startswith("<") and address.endswith(">"):
+        address = address[1:-1]
+    return "" if address == "<>" else address
+
+
+def restore_folding(value: bytes, leading_space: bool) -> bytes:
+    """Postfix hands folded values with bare LF; the signed bytes had CRLF before each continuation."""
+    value = value.replace(b"\r\n", b"\n").replace(b"\n", b"\r\n")
+    if not leading_space:
+        value = b" " + value  # without SMFIP_HDR_LEADSPC the MTA removed it; one space is the common case
+    return value
+
+
+# ---------------------------------------------------------------- per-transaction state
+
+class _Transaction:
+    """Facts of one transaction, renewed at MAIL FROM (aiosmtpd's Envelope). Mutable until end-of-message."""
+
+    __slots__ = ("runtime", "mail_from", "rcpts", "headers", "header_bytes", "truncated", "ar_count",
+                 "forged_ar", "body", "queue_id", "failed_stage")
+
+    def __init__(self, runtime: Runtime, mail_from: str) -> None:
+        self.runtime = runtime
+        self.mail_from = mail_from
+        self.rcpts: list[str] = []
+        self.headers: list[Header] = []
+        self.header_bytes = 0
+        self.truncated = False
+        self.ar_count = 0
+        self.forged_ar: list[tuple[int, str]] = []  # (1-based index among A-R headers, name as received)
+        self.body: list[bytes] = []
+        self.queue_id = ""
+        self.failed_stage = ""
+
+
+# ---------------------------------------------------------------- the milter
+
+class AuthMilter(Milter.Base):
+    """One object per SMTP connection (Milter.factory makes one per libmilter connection)."""
+
+    def __init__(self, ref: RuntimeRef, *, clock: Callable[[], float] = time.monotonic,
+                 wallclock: Callable[[], float] = time.time) -> None:
+        self._ref = ref
+        self._clock = clock
+        self._wallclock = wallclock
+        self._client_ip: ipaddress.IPv4Address | ipaddress.IPv6Address | None = None
+        self._client_name = ""
+        self._helo = ""
+        self._auth_user: str | None = None
+        self._tx: _Transaction | None = None
+        self._connection_failed = ""
+
+    # -- negotiation
+
+    def negotiate(self, opts):
+        try:
+            offered_actions, offered_protocol = opts[0], opts[1]
+            self._actions = offered_actions & ACTIONS
+            if self._actions & Milter.SETSYMLIST:
+                for stage, macros in MACROS:
+                    # Milter.Base.setsymlist hands the C module bytes where it wants str (pymilter 1.0.5).
+                    self._ctx.setsymlist(stage, macros)
+            opts[0] = self._actions
+            opts[1] = self._protocol = offered_protocol & PROTOCOL
+            opts[2] = opts[3] = 0
+            return Milter.CONTINUE
+        except Exception:
+            log.exception("negotiation failed; using libmilter defaults")
+            return Milter.ALL_OPTS
+
+    # -- events that only record facts (no reply is sent for these when the MTA agreed to P_NR_*)
+
+    @Milter.noreply
+    def connect(self, hostname, family, hostaddr):
+        self._guarded("connect", self._on_connect, hostname, hostaddr)
+        return Milter.CONTINUE
+
+    @Milter.noreply
+    def hello(self, heloname):
+        self._guarded("helo", self._on_helo, heloname)
+        return Milter.CONTINUE
+
+    @Milter.noreply
+    def envfrom(self, mailfrom, *params):
+        # A new transaction starts here whatever happened before: nothing of the last message leaks into this one.
+        self._tx = _Transaction(self._ref.current, "")
+        self._guarded("mail", self._on_mail, mailfrom)
+        return Milter.CONTINUE
+
+    @Milter.noreply
+    @Milter.decode("bytes")
+    def header(self, name, value):
+        self._guarded("header", self._on_header, name, value)
+        return Milter.CONTINUE
+
+    @Milter.noreply
+    def body(self, chunk):
+        self._guarded("body", self._on_body, chunk)
+        return Milter.CONTINUE
+
+    # -- events that answer
+
+    def envrcpt(self, rcpt, *params):
+        try:
+            return self._on_rcpt(rcpt)
+        except Exception:
+            self._log_error("rcpt")
+            return self._error_reply(self._transaction().runtime.cfg, at_eom=False)
+
+    def eom(self):
+        tx = self._transaction()
+        try:
+            if tx.failed_stage or self._connection_failed:
+                log.error("queue_id=%s earlier failure in %s stage; answering with error_action=%s",
+                          self._queue_id(tx), tx.failed_stage or self._connection_failed,
+                          tx.runtime.cfg.milter.error_action.value)
+                return self._error_reply(tx.runtime.cfg, at_eom=True)
+            return self._on_eom(tx)
+        except Exception:
+            self._log_error("eom")
+            return self._error_reply(tx.runtime.cfg, at_eom=True)
+        finally:
+            self._tx = None
+
+    def abort(self):
+        if self._tx is not None:
+            log.debug("queue_id=%s transaction aborted by the MTA", self._tx.queue_id)
+        self._tx = None
+        return Milter.CONTINUE
+
+    def close(self):
+        self._tx = None
+        return Milter.CONTINUE
+
+    # -- fact recording
+
+    def _on_connect(self, hostname, hostaddr) -> None:
+        self._client_name = str(hostname or "")
+        address = hostaddr[0] if isinstance(hostaddr, tuple) and hostaddr else None
+        if address is None:
+            address = self.getsymval("{client_addr}")
+        try:
+            self._client_ip = ipaddress.ip_address(str(address).removeprefix("IPv6:")) if address else None
+        except ValueError:
+            self._client_ip = None  # a unix-socket or unknown client: the checks report what they can
+
+    def _on_helo(self, heloname) -> None:
+        self._helo = str(heloname or "")
+
+    def _on_mail(self, mailfrom) -> None:
+        tx = self._transaction()
+        tx.mail_from = strip_brackets(str(mailfrom))
+        tx.queue_id = self._symbol("{i}") or tx.queue_id
+        self._auth_user = self._symbol("{auth_authen}") or None
+
+    def _on_header(self, name, value) -> None:
+        tx = self._transaction()
+        name_bytes = name if isinstance(name, bytes) else str(name).encode("utf-8", "surrogateescape")
+        value_bytes = value if isinstance(value, bytes) else str(value).encode("utf-8", "surrogateescape")
+        header = Header(name_bytes, restore_folding(value_bytes, bool(self._protocol & Milter.P_HDR_LEADSPC)))
+        if header.is_named(AR_NAME):
+            # RFC 8601 §5: remove A-R headers claiming our authserv-id, wherever they sit. Counted even past the
+            # header byte cap, so the index we delete is the one the MTA has.
+            tx.ar_count += 1
+            cfg = tx.runtime.cfg
+            ids = (tx.runtime.authserv_id, *cfg.milter.remove_authserv_ids)
+            if arheader.is_ours(header.value.decode("utf-8", "replace"), ids):
+                tx.forged_ar.append((tx.ar_count, header.name_text))
+        if tx.truncated:
+            return
+        size = len(header.name) + len(header.value) + 3
+        if tx.header_bytes + size > tx.runtime.cfg.milter.max_header_bytes:
+            tx.truncated = True
+            return
+        tx.header_bytes += size
+        tx.headers.append(header)
+
+    def _on_body(self, chunk) -> None:
+        self._transaction().body.append(bytes(chunk))
+
+    def _on_rcpt(self, rcpt) -> int:
+        tx = self._transaction()
+        tx.queue_id = self._symbol("{i}") or tx.queue_id
+        address = strip_brackets(str(rcpt))
+        verdict = policy.decide_recipient(address, tx.runtime.cfg, now=self._wallclock())
+        if verdict.action in (Action.REJECT, Action.TEMPFAIL):
+            log.info("queue_id=%s rcpt=%s action=%s reason=%s", tx.queue_id, address, verdict.action.value,
+                     verdict.reason)
+            return self._answer(verdict)
+        if len(tx.rcpts) < MAX_RECIPIENTS:
+            tx.rcpts.append(address)
+        return Milter.CONTINUE
+
+    # -- end of message
+
+    def _on_eom(self, tx: _Transaction) -> int:
+        started = self._clock()
+        tx.queue_id = self._queue_id(tx)
+        runtime = tx.runtime
+        ctx = MessageContext(
+            Connection(self._client_ip, self._client_name, self._helo, self._auth_user),
+            Envelope(tx.mail_from, tuple(tx.rcpts), tx.queue_id),
+            Message(tuple(tx.headers), b"".join(tx.body), tx.truncated),
+        )
+        dns = runtime.resolver.for_message()
+        judgement = judge(ctx, dns, runtime.cfg, runtime.authserv_id, now=self._wallclock())
+        elapsed_ms = (self._clock() - started) * 1000.0
+        log.info("%s", logline.format_line(ctx, judgement.results, judgement.verdict, elapsed_ms))
+        return self._apply(judgement, tx)
+
+    def _apply(self, judgement: Judgement, tx: _Transaction) -> int:
+        verdict = judgement.verdict
+        if verdict.action in (Action.REJECT, Action.TEMPFAIL):
+            return self._answer(verdict)
+        # Delete before inserting: our own A-R at the top would shift the indexes of the forged ones.
+        self._remove_forged(tx)
+        # Both go on top, above the MTA's own Received: A-R is inserted last so it ends up first, where RFC 8601
+        # §5 readers (and people) look for this hop's verdict; Received-SPF, also a trace field of this hop
+        # (RFC 7208 §9.1), sits right below it.
+        if judgement.received_spf:
+            self.addheader(RECEIVED_SPF_NAME, judgement.received_spf, 0)
+        if judgement.ar_value:
+            self.addheader(AR_NAME, judgement.ar_value, 0)
+        if verdict.action is Action.QUARANTINE:
+            self.quarantine(reply_text(verdict.text or verdict.reason) or "authmilter")
+        return Milter.ACCEPT
+
+    def _remove_forged(self, tx: _Transaction) -> None:
+        # Highest index first, so an MTA that renumbers after each deletion still deletes the right ones.
+        for index, name in sorted(tx.forged_ar, reverse=True):
+            self.chgheader(name, index, "")
+
+    def _answer(self, verdict: Verdict) -> int:
+        if verdict.action is Action.REJECT:
+            self._set_reply(verdict.code or "550", verdict.status or "5.7.1", verdict.text)
+            return Milter.REJECT
+        self._set_reply(verdict.code or "451", verdict.status or "4.7.1", verdict.text)
+        return Milter.TEMPFAIL
+
+    def _set_reply(self, code: str, status: str, text: str) -> None:
+        self.setreply(code, status or None, reply_text(text) or None)
+
+    # -- failures of our own code
+
+    def _guarded(self, stage: str, func, *args) -> None:
+        """For no-reply events: remember the failure and answer it at RCPT/EOM with error_action."""
+        try:
+            func(*args)
+        except Exception:
+            self._log_error(stage)
+            if self._tx is not None and stage not in ("connect", "helo"):
+                self._tx.failed_stage = self._tx.failed_stage or stage
+            else:
+                self._connection_failed = self._connection_failed or stage
+
+    def _error_reply(self, cfg: Config, *, at_eom: bool) -> int:
+        if cfg.milter.error_action is Action.TEMPFAIL:
+            try:
+                self.setreply("451", "4.3.0", "authmilter: temporary failure, please try again later")
+            except Exception:
+                log.exception("setreply failed")
+            return Milter.TEMPFAIL
+        if at_eom and self._tx is not None:
+            try:  # accepting anyway: a forged A-R header must still not pass through under our name
+                self._remove_forged(self._tx)
+            except Exception:
+                log.exception("queue_id=%s removing forged Authentication-Results failed", self._tx.queue_id)
+        return Milter.ACCEPT if at_eom else Milter.CONTINUE
+
+    def _log_error(self, stage: str) -> None:
+        queue_id = self._tx.queue_id if self._tx is not None else ""
+        if self._tx is not None and not queue_id:
+            try:
+                queue_id = self._symbol("{i}")
+            except Exception:
+                queue_id = ""
+        log.exception("queue_id=%s internal error in %s stage", queue_id or "-", stage)
+
+    # -- helpers
+
+    def _transaction(self) -> _Transaction:
+        if self._tx is None:  # an MTA that skipped MAIL: still one clean transaction
+            self._tx = _Transaction(self._ref.current, "")
+        return self._tx
+
+    def _queue_id(self, tx: _Transaction) -> str:
+        return self._symbol("{i}") or tx.queue_id
+
+    def _symbol(self, name: str) -> str:
+        value = self.getsymval(name) if getattr(self, "_ctx", None) is not None else None
+        return str(value) if value else ""
+
+
+# ---------------------------------------------------------------- libmilter plumbing, called by daemon.py
+
+def setup(name: str, socket_spec: str, timeout: int, ref: RuntimeRef) -> None:
+    """Register our callbacks with libmilter (pymilter's runmilter, split so the daemon can act between the steps)."""
+    Milter.factory = functools.partial(AuthMilter, ref)
+    Milter.set_flags(ACTIONS)
+    # pymilter's C layer decodes a header NAME and the HELO argument as strict UTF-8 before any of our code runs;
+    # on failure it answers with its exception policy. TEMPFAIL (its default) at a no-reply stage leaves the MTA
+    # waiting for an end-of-message answer that never comes. CONTINUE only loses that one header or HELO name
+    # (our own code catches its exceptions and never relies on this policy).
+    Milter.set_exception_policy(Milter.CONTINUE)
+    lib = Milter.milter
+    lib.set_connect_callback(Milter.connect_callback)
+    lib.set_helo_callback(lambda ctx, host: ctx.getpriv().hello(host))
+    lib.set_envfrom_callback(lambda ctx, *b: ctx.getpriv().envfrom_bytes(*b))
+    lib.set_envrcpt_callback(lambda ctx, *b: ctx.getpriv().envrcpt_bytes(*b))
+    lib.set_header_callback(lambda ctx, f, v: ctx.getpriv().header_bytes(f, v))
+    lib.set_eoh_callback(lambda ctx: ctx.getpriv().eoh())
+    lib.set_body_callback(lambda ctx, chunk: ctx.getpriv().body(chunk))
+    lib.set_eom_callback(lambda ctx: ctx.getpriv().eom())
+    lib.set_abort_callback(lambda ctx: ctx.getpriv().abort())
+    lib.set_close_callback(Milter.close_callback)
+    lib.setconn(socket_spec)
+    lib.settimeout(timeout)
+    lib.register(name, data=lambda ctx: ctx.getpriv().data(),
+                 unknown=lambda ctx, cmd: ctx.getpriv().unknown(cmd),
+                 negotiate=Milter.negotiate_callback)
+
+
+class SocketError(Exception):
+    """libmilter could not open or serve its socket."""
+
+
+def open_socket() -> None:
+    try:
+        Milter.milter.opensocket(True)
+    except Milter.milter.error as exc:
+        raise SocketError(str(exc)) from None
+
+
+def serve() -> None:
+    """Blocks in libmilter's accept loop until stop() (or libmilter's own signal thread) ends it."""
+    try:
+        Milter.milter.main()
+    except Milter.milter.error as exc:
+        raise SocketError(str(exc)) from None
+
+
+def stop() -> None:
+    Milter.milter.stop()
