@@ -129,6 +129,19 @@ def test_temperror_when_relaxed_alignment_needs_a_failing_lookup():
 
 # ---------------------------------------------------------------- policy, disposition, t=, pct=
 
+@pytest.mark.parametrize("from_, spf_result, dkim_result, status", [
+    # An aligned identifier that could not be checked makes the result temperror, not fail: a retry may pass.
+    ("a@example.com", spf("example.com", Status.TEMPERROR), None, Status.TEMPERROR),
+    ("a@example.com", spf("mail.example.com", Status.TEMPERROR), None, Status.TEMPERROR),   # relaxed
+    ("a@example.com", None, dkim("example.com", status=Status.TEMPERROR), Status.TEMPERROR),
+    ("a@strict.example", spf("mail.strict.example", Status.TEMPERROR), None, Status.FAIL),  # strict: no align
+    ("a@example.com", spf("other.example", Status.TEMPERROR), None, Status.FAIL),        # unaligned anyway
+    ("a@example.com", spf("example.com", Status.TEMPERROR), dkim("example.com"), Status.PASS),
+])
+def test_temperror_of_an_aligned_identifier(from_, spf_result, dkim_result, status):
+    assert run(from_, spf_result, dkim_result).status is status
+
+
 @pytest.mark.parametrize("from_, policy, disposition, testing", [
     ("a@example.com", "reject", "reject", False),
     ("a@quarantine.example", "quarantine", "quarantine", False),

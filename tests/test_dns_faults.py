@@ -506,12 +506,6 @@ def test_daemon_with_a_silent_resolver_answers_every_message_and_keeps_no_thread
 
 # ================================================================ DMARC when an aligned identifier hit a DNS error
 
-DMARC_TEMPERROR_BUG = ("checks/dmarc.py: when the aligned SPF (and DKIM) results are temperror and nothing passed, "
-                       "DMARC says fail ('no SPF or DKIM pass'), so p=reject rejects legitimate mail with 550 on a "
-                       "DNS hiccup; the honest result is temperror (the aligned identifier could not be checked)")
-
-
-@pytest.mark.xfail(strict=True, reason=DMARC_TEMPERROR_BUG)
 @pytest.mark.parametrize("signed", [False, True], ids=["unsigned", "signed"])
 def test_dmarc_is_temperror_not_fail_when_the_aligned_checks_hit_dns_errors(server, signed):
     from authmilter import policy

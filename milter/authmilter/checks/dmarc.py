@@ -155,6 +155,10 @@ def _evaluate(domain: str, spf: SpfResult | None, dkim: DkimResult | None, dns: 
                            **common)
     if spf_aligned is None or dkim_unknown:
         return DmarcResult(Status.TEMPERROR, reason="DNS failure while checking relaxed alignment", **common)
+    if (unverified := _unverified_aligned(spf, dkim, alignment, record)):
+        # Nothing passed, but an identifier that would align could not be checked (SPF or DKIM temperror): a
+        # retry may pass, so fail (and a p=reject 550) would punish a DNS hiccup. RFC 8601 §2.7.1: temperror.
+        return DmarcResult(Status.TEMPERROR, reason=f"{unverified} could not be checked (temperror)", **common)
     return DmarcResult(Status.FAIL, disposition=_lowered(request, record.testing).value,
                        reason=_fail_reason(spf_domain, dkim), **common)
 
@@ -226,6 +230,19 @@ class _Alignment:
             return organizational_domain(identifier, self.lookups, self.cfg.org_domain) == self.from_org
         except TemporaryFailure:
             return None
+
+
+def _unverified_aligned(spf: SpfResult | None, dkim: DkimResult | None, alignment: _Alignment,
+                        record: DmarcRecord) -> str:
+    """The first aligned identifier whose SPF or DKIM result is temperror, described; "" when there is none."""
+    if spf is not None and spf.mailfrom.status is Status.TEMPERROR and spf.mailfrom.domain:
+        if alignment.aligned(spf.mailfrom.domain, record.aspf_strict) is not False:
+            return f"SPF of {spf.mailfrom.domain.lower().rstrip('.')}"
+    for signature in (dkim.signatures if dkim is not None else ())[:MAX_ALIGNMENT_IDENTIFIERS]:
+        if signature.status is Status.TEMPERROR and signature.domain:
+            if alignment.aligned(signature.domain, record.adkim_strict) is not False:
+                return f"DKIM of {signature.domain.lower().rstrip('.')}"
+    return ""
 
 
 def _spf_passing_domain(spf: SpfResult | None) -> str:
