@@ -257,19 +257,3 @@ def inserted(modifications: list[tuple[str, bytes]], name: str) -> list[str]:
 
 
 # ---------------------------------------------------------------- a DNS server that survives port races
-
-def start_dns_server(zonedata: dict, *, attempts: int = 8, **kwargs):
-    """A tests.dnsserver.DnsServer, bound but not started (use it in a `with` block). It binds a free UDP port,
-    then TCP on the same number, which another process can hold (tests of other modules run in parallel): another
-    port is tried then."""
-    import errno
-
-    from tests.dnsserver import DnsServer
-
-    for attempt in range(attempts):
-        try:
-            return DnsServer(zonedata, **kwargs)
-        except OSError as exc:
-            if exc.errno != errno.EADDRINUSE or attempt == attempts - 1:
-                raise
-    raise AssertionError("unreachable")

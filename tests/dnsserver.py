@@ -55,6 +55,7 @@ Fault modes (Fault, a StrEnum), set globally (no name), per name, or per (name, 
   GARBAGE    reply with the query's ID followed by bytes that do not parse as DNS
   AD         set the AD bit on the reply (as a validating resolver does for a secure answer)
   NO_SOA     negative answers come without the SOA record
+  DROP_FIRST_UDP  the first UDP query for each (name, type) gets no reply (a datagram lost on the way)
 Over UDP a reply larger than 512 octets (or the query's EDNS payload size) is sent empty with TC set.
 
 Bounds: the server runs daemon threads that stop on stop() / leaving the `with` block, and by themselves after
@@ -66,6 +67,7 @@ so a test looking for leftover threads can tell them apart.
 from __future__ import annotations
 
 import collections
+import errno
 import ipaddress
 import selectors
 import socket
@@ -112,6 +114,7 @@ class Fault(StrEnum):
     GARBAGE = "garbage"
     AD = "ad"
     NO_SOA = "no_soa"
+    DROP_FIRST_UDP = "drop_first_udp"  # the first UDP query for each (name, type) is lost, later copies answered
 
 
 @dataclass(frozen=True, slots=True)
@@ -229,19 +232,7 @@ class DnsServer:
         self._counts: collections.Counter[tuple[str, str, str]] = collections.Counter()
         self._stop = threading.Event()
         self._threads: list[threading.Thread] = []
-        family = socket.AF_INET6 if ":" in host else socket.AF_INET
-        self._udp = socket.socket(family, socket.SOCK_DGRAM)
-        self._tcp = socket.socket(family, socket.SOCK_STREAM)
-        try:
-            self._udp.bind((host, port))
-            bound_port = self._udp.getsockname()[1]
-            self._tcp.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-            self._tcp.bind((host, bound_port))
-            self._tcp.listen(64)
-        except OSError:
-            self._udp.close()
-            self._tcp.close()
-            raise
+        self._udp, self._tcp, bound_port = _bind_pair(host, port)
         self.host = host
         self.port = bound_port
         if zonedata:
@@ -435,6 +426,8 @@ class DnsServer:
 
         if Fault.TIMEOUT in faults:
             return None
+        if Fault.DROP_FIRST_UDP in faults and transport == "udp" and self._counts[(key, qtype, "udp")] == 1:
+            return None
         if Fault.GARBAGE in faults:
             return wire[:2] + GARBAGE
         response = dns.message.make_response(query, our_payload=EDNS_PAYLOAD)
@@ -506,6 +499,28 @@ class DnsServer:
                                       dns.name.from_text("hostmaster.invalid."), 1, 3600, 600, 86400,
                                       self.negative_ttl)
         response.authority.append(dns.rrset.from_rdata_list(apex, self.negative_ttl, [soa]))
+
+
+def _bind_pair(host: str, port: int) -> tuple[socket.socket, socket.socket, int]:
+    """UDP and TCP sockets on the same port. With port 0 the kernel picks a free UDP port, whose TCP twin may be
+    taken by another test's server: then try another port rather than fail."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    for attempt in range(50):
+        udp = socket.socket(family, socket.SOCK_DGRAM)
+        tcp = socket.socket(family, socket.SOCK_STREAM)
+        try:
+            udp.bind((host, port))
+            bound_port = udp.getsockname()[1]
+            tcp.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            tcp.bind((host, bound_port))
+            tcp.listen(64)
+            return udp, tcp, bound_port
+        except OSError as exc:
+            udp.close()
+            tcp.close()
+            if port != 0 or exc.errno != errno.EADDRINUSE or attempt == 49:
+                raise
+    raise AssertionError("unreachable")
 
 
 def _recv_exact(conn: socket.socket, size: int) -> bytes | None:

@@ -28,7 +28,6 @@ from authmilter.config import (Config, DkimSection, DmarcSection, DnsSection, Ip
 from authmilter.context import Connection, Envelope, Header, Message, MessageContext
 from authmilter.resolver import Resolver
 from authmilter.results import Status
-from tests.daemonrunner import start_dns_server
 from tests.dnsserver import DnsServer, Fault
 from tests.hostile import signing
 
@@ -98,7 +97,7 @@ def no_thread_left_behind():
 
 @pytest.fixture
 def server():
-    with start_dns_server(base_zone(), lifetime=60) as srv:
+    with DnsServer(base_zone(), lifetime=60) as srv:
         yield srv
     assert not srv.running
 

@@ -27,7 +27,8 @@ from authmilter.config import Config, DnsSection, TrustSection
 from authmilter.context import Connection, Envelope, Header, Message, MessageContext
 from authmilter.results import Action
 from bench.milterclient import NOHDRS, NOMAIL, NR_HDR, NR_MAIL, MilterClient, ProtocolError
-from tests.daemonrunner import LEVELS, DaemonRunner, header_changes, inserted, start_dns_server
+from tests.daemonrunner import LEVELS, DaemonRunner, header_changes, inserted
+from tests.dnsserver import DnsServer
 from tests.fakedns import FakeDns
 from tests.hostile import corpus, signing, strategies
 
@@ -40,7 +41,7 @@ INTERNAL_ERROR = "4.3.0"
 
 @pytest.fixture(scope="module")
 def dns_server():
-    with start_dns_server(corpus.ZONE, lifetime=280) as server:
+    with DnsServer(corpus.ZONE, lifetime=280) as server:
         yield server
 
 
@@ -265,22 +266,16 @@ def test_rendered_header_always_parses_and_names_only_what_we_produced(ctx):
         assert judgement.received_spf.isascii()
 
 
-AUTHSERV_ID_BUG = ("config.py accepts any text as [milter] authserv_id, and arheader.render_value() writes an id "
-                   "with '@' bare (not an RFC 8601 authserv-id: '@' is a tspecial) and others as a quoted-string "
-                   "that authres 1.2.0 cannot parse: the header every message gets is unreadable")
-
-
 @pytest.mark.parametrize("authserv_id", [
     "mx.example.org",
-    pytest.param("MX.Example.Org.", marks=pytest.mark.xfail(strict=True, reason=(
-        "an authserv_id with a trailing dot is rendered with it; authres 1.2.0 cannot parse that id"))),
+    "MX.Example.Org.",
     "mx-1.example.org",
-    pytest.param("alice@example.org", marks=pytest.mark.xfail(strict=True, reason=AUTHSERV_ID_BUG)),
-    pytest.param("Alice <alice@example.org>", marks=pytest.mark.xfail(strict=True, reason=AUTHSERV_ID_BUG)),
-    pytest.param("mx example.org", marks=pytest.mark.xfail(strict=True, reason=AUTHSERV_ID_BUG)),
-    pytest.param("mx;dmarc=pass", marks=pytest.mark.xfail(strict=True, reason=AUTHSERV_ID_BUG)),
-    pytest.param("mx(comment)", marks=pytest.mark.xfail(strict=True, reason=AUTHSERV_ID_BUG)),
-    pytest.param('"mx"', marks=pytest.mark.xfail(strict=True, reason=AUTHSERV_ID_BUG)),
+    "alice@example.org",
+    "Alice <alice@example.org>",
+    "mx example.org",
+    "mx;dmarc=pass",
+    "mx(comment)",
+    '"mx"',
 ])
 def test_authserv_id_from_config_is_refused_or_renders_a_parseable_header(tmp_path, authserv_id):
     """An operator's typo in authserv_id must be refused at start-up (file, section, key, reason), or give a

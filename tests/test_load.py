@@ -16,7 +16,8 @@ import authres
 import pytest
 
 from bench.milterclient import MilterClient, split_message
-from tests.daemonrunner import DaemonRunner, inserted, start_dns_server
+from tests.daemonrunner import DaemonRunner, inserted
+from tests.dnsserver import DnsServer
 from tests.hostile import signing
 
 pytestmark = pytest.mark.timeout(150)
@@ -146,7 +147,7 @@ def authserv_id(value: str) -> str:
 
 
 def test_200_connections_reload_in_the_middle_and_clean_stop(tmp_path):
-    with start_dns_server(zone(), lifetime=150) as dns_server:
+    with DnsServer(zone(), lifetime=150) as dns_server:
         # The test DNS server shares this process (and its GIL) with 200 client threads: give it the production
         # default budgets, so a slow answer from it is not mistaken for a milter fault.
         budgets = {"dns": {"timeout": "5", "message_deadline": "20"}}
@@ -233,7 +234,7 @@ def test_200_connections_reload_in_the_middle_and_clean_stop(tmp_path):
 
 def test_sigterm_while_connections_are_open_stops_cleanly(tmp_path):
     """A stop while idle connections are open (Postfix keeps them between messages) still exits 0."""
-    with start_dns_server(zone(), lifetime=60) as dns_server:
+    with DnsServer(zone(), lifetime=60) as dns_server:
         with DaemonRunner(tmp_path, dns_server=dns_server, authserv_id=OLD_ID, lifetime=60) as daemon:
             clients = [MilterClient(str(daemon.socket_path), timeout=30) for _ in range(20)]
             try:

@@ -177,6 +177,16 @@ def test_truncated_answer_is_retried_over_tcp(server):
     assert server.count("truncated.example.org", "TXT", transport="tcp") >= 1
 
 
+def test_a_lost_udp_query_is_sent_again_within_the_timeout():
+    """A datagram lost on the way must not cost the whole timeout and a temperror: the query is resent."""
+    with DnsServer(ZONE, lifetime=60) as lossy:
+        lossy.set_fault(Fault.DROP_FIRST_UDP)
+        answer = make(lossy, timeout=1.5).for_message().query("mx.example.org", "A")
+        assert answer.outcome is Outcome.ANSWER, answer
+        assert lossy.count("mx.example.org", "A", transport="udp") == 2
+        assert lossy.count("mx.example.org", "A", transport="tcp") == 0
+
+
 def test_huge_txt_comes_whole_over_tcp(server):
     before = server.count("big.example.org", "TXT", transport="tcp")
     answer = ask(server, "big.example.org", "TXT")

@@ -298,25 +298,40 @@ def _parse_reply(query: dns.message.Message, wire: bytes) -> _Reply | None:
     return _Reply(reply)
 
 
+UDP_SENDS = 3  # the first send and two resends, spread over the wait
+
+
 def _udp_exchange(query: dns.message.Message, wire: bytes, server: Nameserver, wait: float) -> _Reply:
+    """One UDP exchange. A datagram lost on the way (a busy server's full receive buffer, a lossy path) would
+    otherwise cost the whole wait and a temperror: the query is sent again at each third of the wait, as stub
+    resolvers do (RFC 1035 §4.2.1), and any of the copies' replies is taken."""
     family = socket.AF_INET6 if ":" in server.host else socket.AF_INET
-    end = time.monotonic() + wait
+    start = time.monotonic()
+    end = start + wait
+    sends = 0
+    strays = 0
     with socket.socket(family, socket.SOCK_DGRAM) as sock:
         try:
             sock.connect((server.host, server.port))
-            sock.send(wire)
-            for _ in range(MAX_STRAY_REPLIES):
-                left = end - time.monotonic()
-                if left <= 0:
+            while True:
+                now = time.monotonic()
+                if now >= end:
                     break
-                sock.settimeout(left)
-                reply = _parse_reply(query, sock.recv(65535))
+                if sends < UDP_SENDS and now >= start + wait * sends / UDP_SENDS:
+                    sock.send(wire)
+                    sends += 1
+                next_send = start + wait * sends / UDP_SENDS if sends < UDP_SENDS else end
+                sock.settimeout(max(min(end, next_send) - now, 0.001))
+                try:
+                    data = sock.recv(65535)
+                except (socket.timeout, TimeoutError):
+                    continue
+                reply = _parse_reply(query, data)
                 if reply is not None:
                     return reply
-            else:
-                return _Reply(failure=Outcome.ERROR, detail=f"only stray replies from {server}")
-        except (socket.timeout, TimeoutError):
-            pass
+                strays += 1
+                if strays >= MAX_STRAY_REPLIES:
+                    return _Reply(failure=Outcome.ERROR, detail=f"only stray replies from {server}")
         except OSError as exc:
             return _Reply(failure=Outcome.ERROR, detail=f"{server}: {exc.strerror or exc}")
     return _Reply(failure=Outcome.TIMEOUT, detail=f"no reply from {server}")
