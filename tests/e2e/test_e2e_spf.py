@@ -235,3 +235,13 @@ def test_postmaster_is_never_rejected(lab):
                             rcpts=(f"postmaster@{RECIPIENT_DOMAIN}",))
     assert our_ar(message).only("spf", smtp_mailfrom="user@example.org").result == "fail"
     assert lab.milter_log(sent)["spf"] == "fail"
+
+
+def test_a_header_field_over_64_kb_does_not_stall_the_message(lab):
+    """libmilter drops a connection on any command over 64 KB. Through Postfix (default header_size_limit) such a
+    field arrives trimmed below that, so the message is still judged and delivered, never stalled by
+    milter_default_action."""
+    sent, message = deliver(lab, mail_from="user@example.org", source=GOOD_V4,
+                            headers=[("X-Huge", "x" * 80_000)])
+    assert our_ar(message).only("spf", smtp_mailfrom="user@example.org").result == "pass"
+    assert lab.milter_log(sent)["action"] == "accept"
