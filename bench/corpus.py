@@ -70,6 +70,17 @@ def make_message(index: int, size: int, private_key: bytes) -> BenchMessage:
     return BenchMessage(size, signature + message)
 
 
+def make_multi_signed(index: int, size: int, private_key: bytes) -> BenchMessage:
+    """The same message with two more signatures over it: simple/simple, and relaxed/relaxed with l=. A streaming
+    verifier hashes the body three ways at once and must still hold none of it."""
+    message = make_message(index, size, private_key).raw
+    for canon, length in (((b"simple", b"simple"), False), ((b"relaxed", b"relaxed"), True)):
+        message = dkim.sign(message, SELECTOR.encode(), DOMAIN.encode(), private_key, canonicalize=canon,
+                            include_headers=[b"from", b"to", b"subject", b"date", b"message-id"],
+                            length=length) + message
+    return BenchMessage(size, message)
+
+
 def make_mix(private_key: bytes) -> list[BenchMessage]:
     messages, index = [], 0
     for count, size in MIX:

@@ -1,4 +1,5 @@
-"""Memory cases: 20 concurrent 10 MB messages, and 200 concurrent connections (peak, then back to baseline?)."""
+"""Memory cases: 20 concurrent 10 MB messages (one signature, then three hashed three ways), and 200 concurrent
+connections (peak, then back to baseline?)."""
 
 from __future__ import annotations
 
@@ -42,10 +43,11 @@ def _concurrently(milter: RunningMilter, raw: bytes, count: int) -> dict[str, in
 def run(start_milter, tmp: Path, private_key: bytes) -> list[dict]:
     rows = []
     cases = (("20 x 10 MB", corpus.make_message(9000, 10 * 1024 * 1024, private_key).raw, 20),
+             ("20 x 10 MB, 3 signatures", corpus.make_multi_signed(9002, 10 * 1024 * 1024, private_key).raw, 20),
              ("200 connections x 10 KB", corpus.make_message(9001, 10 * 1024, private_key).raw, 200))
     print(f"\nmemory (authmilter): {'case':<26} {'replies':<18} {'rss before':>10} {'peak':>8} {'after':>8} MB")
     for name, raw, count in cases:
-        workdir = tmp / f"memory-{count}"
+        workdir = tmp / f"memory-{len(rows)}-{count}"
         workdir.mkdir()
         milter = start_milter(workdir)
         try:

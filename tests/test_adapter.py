@@ -465,19 +465,45 @@ def test_internal_error_answers_error_action_and_logs_queue_id(tmp_path, dns, er
         assert daemon.stop() == 0
 
 
-def test_header_cap_keeps_serving_and_still_removes_forged_ar_past_the_cap(tmp_path, dns):
+def _capped_message():
+    filler = [(b"X-Filler", b" " + b"x" * 400) for _ in range(5)]  # 2 KB of headers: past the 1 KB cap
+    # The From lies past the cap: without the header-limit result DMARC would claim "no From".
+    plain = headers_of(PLAIN)
+    return [plain[1], *filler, plain[0], (b"Authentication-Results", b" mx.example.net; dkim=pass")]
+
+
+def test_header_cap_rejects_by_default_with_552_and_logs_the_reason(tmp_path, dns):
     sock = tmp_path / "cap.sock"
     config = config_text(f"unix:{sock}", dns).replace("[dns]", "max_header_bytes = 1024\n[dns]")
     daemon = Daemon(tmp_path, config).start()
     try:
-        filler = [(b"X-Filler", b" " + b"x" * 400) for _ in range(5)]  # 2 KB of headers: past the 1 KB cap
-        headers = [*headers_of(PLAIN), *filler, (b"Authentication-Results", b" mx.example.net; dkim=pass")]
         result = send(str(sock), ip="192.0.2.1", helo="mail.example.org", mail_from="alice@example.org",
-                      headers=headers, body=b"Hi Bob.\r\n", queue_id="QCAP1")
+                      headers=_capped_message(), body=b"Hi Bob.\r\n", queue_id="QCAP0")
+        assert result.final.code == c.SMFIR_REPLYCODE
+        assert result.final.text.startswith("552 5.3.4 Message header size exceeds limit")
+        log = daemon.wait_for_log("queue_id=QCAP0")
+        line = next(line for line in log.splitlines() if "queue_id=QCAP0" in line)
+        assert "action=reject" in line and "reason=header_limit" in line
+        assert "Traceback" not in log
+    finally:
+        assert daemon.stop() == 0
+
+
+def test_header_cap_accept_records_why_and_still_removes_forged_ar_past_the_cap(tmp_path, dns):
+    sock = tmp_path / "cap.sock"
+    config = config_text(f"unix:{sock}", dns).replace(
+        "[dns]", "max_header_bytes = 1024\nheader_limit_action = accept\n[dns]")
+    daemon = Daemon(tmp_path, config).start()
+    try:
+        result = send(str(sock), ip="192.0.2.1", helo="mail.example.org", mail_from="alice@example.org",
+                      headers=_capped_message(), body=b"Hi Bob.\r\n", queue_id="QCAP1")
         assert result.final.code == c.SMFIR_ACCEPT
         assert result.changed() == [(1, "Authentication-Results", "")]
         [ar] = [v for _, n, v in result.inserted() if n == "Authentication-Results"]
         assert "spf=pass" in ar
+        assert "dkim=permerror (header limit)" in ar
+        assert "dmarc=permerror (header limit" in ar
+        assert "no From" not in ar and "From header" not in ar
         log = daemon.wait_for_log("queue_id=QCAP1")
         assert "Traceback" not in log
     finally:

@@ -1,10 +1,12 @@
 """The milter shell: the only module that imports pymilter's Milter.
 
 One AuthMilter object per SMTP connection. Until end-of-message it only records facts (client, HELO, envelope,
-header bytes, where each incoming Authentication-Results header sits); at end-of-message it freezes a
-MessageContext, runs the one decision function `judge()` (which the `check` command calls too) and applies the
-verdict. Anything unexpected in our code is logged with the queue id and answered with [milter] error_action; it
-never reaches libmilter.
+header bytes, where each incoming Authentication-Results header sits). The body is never kept: at its first chunk
+the header is complete, the pipeline names the DKIM body hashes it will need, and every chunk goes into one
+BodyHasher and is dropped (a message without DKIM signatures keeps nothing). At end-of-message it freezes a
+MessageContext carrying those hashes, runs the one decision function `judge.judge()` (which the `check` command
+calls too) and applies the verdict. Anything unexpected in our code is logged with the queue id and answered with
+[milter] error_action; it never reaches libmilter.
 """
 
 from __future__ import annotations
@@ -14,22 +16,21 @@ import ipaddress
 import logging
 import re
 import time
-from dataclasses import dataclass
 from typing import Callable
 
 import Milter
 
-from authmilter import arheader, logline, pipeline, policy
-from authmilter.checks import spf as spf_check
+from authmilter import arheader, logline, policy
+from authmilter.bodystream import BodyStream
 from authmilter.config import Config
 from authmilter.context import Connection, Envelope, Header, Message, MessageContext
-from authmilter.pipeline import Results
+# The decision lives in judge.py (shared with `authmilter check`); these names stay importable from here.
+from authmilter.judge import (AR_NAME, RECEIVED_SPF_NAME, Judgement, Runtime, RuntimeRef,  # noqa: F401
+                              judge, strip_brackets)
 from authmilter.results import Action, Verdict
 
 log = logging.getLogger("authmilter")
 
-AR_NAME = "Authentication-Results"
-RECEIVED_SPF_NAME = "Received-SPF"
 MAX_RECIPIENTS = 1000          # Postfix's smtpd_recipient_limit default; more is hostile or broken
 
 # What we may do at end-of-message. Nothing that touches the body or the envelope.
@@ -51,65 +52,12 @@ MACROS = (
 _ODD_PERCENT = re.compile(r"(?<!%)%(?:%%)*(?!%)")
 
 
-# ---------------------------------------------------------------- the decision, shared with `authmilter check`
-
-@dataclass(frozen=True, slots=True)
-class Runtime:
-    """What a message is judged with: one config, its authserv-id, and the shared resolver."""
-
-    cfg: Config
-    authserv_id: str
-    resolver: object  # authmilter.resolver.Resolver (has for_message() and close())
-
-
-class RuntimeRef:
-    """The one reference a reload swaps. A transaction reads it once, at MAIL FROM, and keeps what it got."""
-
-    __slots__ = ("current",)
-
-    def __init__(self, runtime: Runtime) -> None:
-        self.current = runtime
-
-
-@dataclass(frozen=True, slots=True)
-class Judgement:
-    results: Results
-    verdict: Verdict
-    ar_value: str       # Authentication-Results value: leading space, folded with "\n\t"; "" = add none
-    received_spf: str   # Received-SPF value with a leading space, or "" when SPF did not run / is turned off
-
-
-def judge(ctx: MessageContext, dns, cfg: Config, authserv_id: str, *, now: float) -> Judgement:
-    """Run every check, decide, and render: the whole end-of-message path without any milter I/O."""
-    results = pipeline.evaluate(ctx, dns, cfg, now=now)
-    verdict = policy.decide(results, ctx, cfg)
-    ar_value = arheader.render(authserv_id, results)
-    received = ""
-    if cfg.spf.received_spf_header and results.spf is not None:
-        received = _as_header_value(
-            spf_check.received_spf_header(results.spf, ctx.connection, ctx.envelope, authserv_id))
-    return Judgement(results, verdict, _as_header_value(ar_value) if ar_value.strip() else "", received)
-
-
-def _as_header_value(value: str) -> str:
-    """libmilter wants LF folding, and with SMFIP_HDR_LEADSPC the value's leading space is ours to supply."""
-    value = value.replace("\r\n", "\n").replace("\r", "")
-    return value if value[:1] in (" ", "\t") else " " + value
-
-
 def reply_text(text: str) -> str:
     """Text safe for smfi_setreply: one line, and no lone '%' (libmilter silently drops such a reply)."""
     text = " ".join(text.replace("\0", " ").splitlines()).strip()
     if _ODD_PERCENT.search(text):
         text = text.replace("%", "%%")
     return text
-
-
-def strip_brackets(address: str) -> str:
-    address = address.strip()
-    if address.startswith("<") and address.endswith(">"):
-        address = address[1:-1]
-    return "" if address == "<>" else address
 
 
 def restore_folding(value: bytes, leading_space: bool) -> bytes:
@@ -137,7 +85,7 @@ class _Transaction:
         self.truncated = False
         self.ar_count = 0
         self.forged_ar: list[tuple[int, str]] = []  # (1-based index among A-R headers, name as received)
-        self.body: list[bytes] = []
+        self.body: BodyStream | None = None  # set at the first body chunk, when the header is complete
         self.queue_id = ""
         self.failed_stage = ""
 
@@ -285,7 +233,17 @@ class AuthMilter(Milter.Base):
         tx.headers.append(header)
 
     def _on_body(self, chunk) -> None:
-        self._transaction().body.append(bytes(chunk))
+        self._body_stream(self._transaction()).update(chunk)
+
+    def _body_stream(self, tx: _Transaction) -> BodyStream:
+        """Made once the header is complete (the first body chunk, or end-of-message for an empty body)."""
+        if tx.body is None:
+            tx.body = BodyStream(self._connection(), Message(tuple(tx.headers), headers_truncated=tx.truncated),
+                                 tx.runtime.cfg)
+        return tx.body
+
+    def _connection(self) -> Connection:
+        return Connection(self._client_ip, self._client_name, self._helo, self._auth_user)
 
     def _on_rcpt(self, rcpt) -> int:
         tx = self._transaction()
@@ -307,9 +265,9 @@ class AuthMilter(Milter.Base):
         tx.queue_id = self._queue_id(tx)
         runtime = tx.runtime
         ctx = MessageContext(
-            Connection(self._client_ip, self._client_name, self._helo, self._auth_user),
+            self._connection(),
             Envelope(tx.mail_from, tuple(tx.rcpts), tx.queue_id),
-            Message(tuple(tx.headers), b"".join(tx.body), tx.truncated),
+            self._body_stream(tx).message(),
         )
         dns = runtime.resolver.for_message()
         judgement = judge(ctx, dns, runtime.cfg, runtime.authserv_id, now=self._wallclock())

@@ -7,6 +7,7 @@ Exit statuses (sysexits.h where one fits): 0 accept / OK, 1 reject, 2 tempfail, 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import ipaddress
 import logging
 import sys
@@ -127,9 +128,9 @@ def cmd_run(path: str) -> int:
 
 
 def cmd_check(args: argparse.Namespace) -> int:
-    from authmilter import adapter, logsetup
+    # judge.py, not the adapter: checking a file must not need libmilter.
+    from authmilter import judge, logsetup
     from authmilter.context import Connection, Envelope, MessageContext
-    from authmilter.daemon import build_runtime, override_nameservers
 
     try:
         client_ip = ipaddress.ip_address(args.ip)
@@ -138,25 +139,26 @@ def cmd_check(args: argparse.Namespace) -> int:
     cfg: Config = load_config(args.config) if args.config else Config()
     if args.resolver:
         try:
-            cfg = override_nameservers(cfg, [parse_nameserver(args.resolver)])
+            cfg = dataclasses.replace(cfg, dns=dataclasses.replace(
+                cfg.dns, nameservers=(parse_nameserver(args.resolver),)))
         except ValueError as exc:
             raise UsageError(f"--resolver: {exc}") from None
     logsetup.configure(cfg.log)
-    mail_from = adapter.strip_brackets(args.mail_from)
+    mail_from = judge.strip_brackets(args.mail_from)
     message = read_message(args.message, mail_from, args.helo)
     ctx = MessageContext(Connection(client_ip, "", args.helo, args.authenticated or None),
-                         Envelope(mail_from, tuple(adapter.strip_brackets(r) for r in args.rcpt), "check"),
+                         Envelope(mail_from, tuple(judge.strip_brackets(r) for r in args.rcpt), "check"),
                          message)
-    runtime = build_runtime(cfg)
+    runtime = judge.build_runtime(cfg)
     try:
-        verdict_status = _judge_and_print(ctx, runtime, adapter)
+        verdict_status = _judge_and_print(ctx, runtime)
     finally:
         runtime.resolver.close()
     return verdict_status
 
 
-def _judge_and_print(ctx, runtime, adapter) -> int:
-    from authmilter import logline, policy
+def _judge_and_print(ctx, runtime) -> int:
+    from authmilter import judge, logline, policy
     from authmilter.results import Verdict
 
     started = time.monotonic()
@@ -166,14 +168,14 @@ def _judge_and_print(ctx, runtime, adapter) -> int:
         if verdict.action in (Action.REJECT, Action.TEMPFAIL):
             print(f"action: {describe(verdict)} (recipient {rcpt})")
             return ACTION_STATUS[verdict.action]
-    judgement = adapter.judge(ctx, runtime.resolver.for_message(), runtime.cfg, runtime.authserv_id,
-                              now=time.time())
+    judgement = judge.judge(ctx, runtime.resolver.for_message(), runtime.cfg, runtime.authserv_id,
+                            now=time.time())
     elapsed_ms = (time.monotonic() - started) * 1000.0
     log.info("%s", logline.format_line(ctx, judgement.results, judgement.verdict, elapsed_ms))
     if judgement.ar_value:
-        print(f"{adapter.AR_NAME}:{judgement.ar_value}")
+        print(f"{judge.AR_NAME}:{judgement.ar_value}")
     if judgement.received_spf:
-        print(f"{adapter.RECEIVED_SPF_NAME}:{judgement.received_spf}")
+        print(f"{judge.RECEIVED_SPF_NAME}:{judgement.received_spf}")
     print(f"action: {describe(judgement.verdict)}")
     return ACTION_STATUS[judgement.verdict.action]
 

@@ -11,6 +11,7 @@ import ast
 import configparser
 import dataclasses
 import ipaddress
+import re
 import socket
 import typing
 from dataclasses import dataclass, field
@@ -131,6 +132,25 @@ def parse_socket(text: str) -> str:
     raise ValueError(f"expected unix:/path, inet:PORT@HOST or inet6:PORT@HOST, got {text!r}")
 
 
+# RFC 8601 §2.2: an authserv-id is a token or quoted-string, and in practice a host name. We accept host-name
+# characters only: anything else (an address, spaces, ';', comments, quotes) would give every message a header
+# that other readers, authres included, cannot parse, or one that smuggles structure into it.
+_LABEL = r"[A-Za-z0-9_](?:[A-Za-z0-9_-]*[A-Za-z0-9_])?"
+_AUTHSERV_ID = re.compile(rf"{_LABEL}(?:\.{_LABEL})*")
+
+
+def parse_authserv_id(text: str) -> str:
+    """A host-name-like authserv-id; a trailing dot is dropped, empty means this machine's FQDN."""
+    value = text.strip().rstrip(".") if text.strip() not in ("", ".") else ""
+    if value and (len(value) > 253 or not _AUTHSERV_ID.fullmatch(value)):
+        raise ValueError(f"not a host name: {text.strip()!r} (letters, digits, '-', '_' and dots only)")
+    return value
+
+
+def parse_authserv_ids(text: str) -> tuple[str, ...]:
+    return tuple(parse_authserv_id(item) for item in split_list(text))
+
+
 def parse_octal_mode(text: str) -> int:
     try:
         mode = int(text.strip(), 8)
@@ -159,13 +179,18 @@ class MilterSection:
                       "libmilter socket: unix:/path, inet:PORT@HOST or inet6:PORT@HOST", parse=parse_socket)
     socket_mode: int = key(0o660, "permissions of a unix socket", parse=parse_octal_mode)
     socket_group: str = key("postfix", "group owning a unix socket (empty: leave as created)")
-    authserv_id: str = key("", "our authserv-id in Authentication-Results (empty: this machine's FQDN)")
+    authserv_id: str = key("", "our authserv-id in Authentication-Results (empty: this machine's FQDN)",
+                           parse=parse_authserv_id)
     remove_authserv_ids: tuple[str, ...] = key((), "other authserv-ids (e.g. the rest of an MX fleet) whose "
-                                                   "incoming A-R headers are removed as forged")
+                                                   "incoming A-R headers are removed as forged",
+                                               parse=parse_authserv_ids)
     error_action: Action = key(Action.TEMPFAIL, "what to do when authmilter itself fails on a message",
                                choices=("accept", "tempfail"))
-    max_header_bytes: int = key(1048576, "header bytes kept per message; past this the message is marked",
+    max_header_bytes: int = key(1048576, "header bytes kept per message; past this, header_limit_action applies",
                                 minimum=1024)
+    header_limit_action: Action = key(Action.REJECT, "a message whose header exceeds max_header_bytes: reject "
+                                      "(552 5.3.4), quarantine, or accept and record dkim/dmarc=permerror",
+                                      choices=("reject", "quarantine", "accept"))
     connection_timeout: int = key(600, "seconds libmilter waits on an idle Postfix connection", minimum=1)
 
 

@@ -4,6 +4,10 @@ from __future__ import annotations
 
 import ipaddress
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from authmilter.checks.dkim_body import BodyHash, BodyHashKey
 
 IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
 
@@ -57,11 +61,18 @@ class Header:
 
 @dataclass(frozen=True, slots=True)
 class Message:
-    """The message content: headers in order and the body with CRLF line ends."""
+    """The message content: headers in order and the body with CRLF line ends.
+
+    The milter does not keep the body: it streams it into the DKIM body hashers and hands over only the hashes
+    (`body_hashes`, then `body` is empty). `authmilter check` reads a file and keeps the whole body instead.
+    """
 
     headers: tuple[Header, ...] = ()
     body: bytes = b""
     headers_truncated: bool = False   # the header byte cap was reached; later headers were not kept
+    # None: `body` holds the body. Otherwise the body was streamed and these are the only traces of it: one
+    # (key, hash) pair per DKIM body hash the evaluated signatures need (a tuple, so Message stays hashable).
+    body_hashes: tuple[tuple[BodyHashKey, BodyHash], ...] | None = None
 
     def get_all(self, name: str) -> tuple[Header, ...]:
         return tuple(h for h in self.headers if h.is_named(name))

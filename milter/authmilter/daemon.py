@@ -22,6 +22,7 @@ from pathlib import Path
 from authmilter import adapter, logsetup
 from authmilter.config import Config, load_config
 from authmilter.errors import ConfigError
+from authmilter.judge import build_runtime
 
 log = logging.getLogger("authmilter")
 
@@ -56,18 +57,6 @@ def unix_path(spec: str) -> Path:
 
 def inet_port(spec: str) -> int:
     return int(spec.split(":", 1)[1].partition("@")[0])
-
-
-def build_runtime(cfg: Config, previous: adapter.Runtime | None = None) -> adapter.Runtime:
-    from authmilter.resolver import Resolver  # the DNS layer is only needed once we serve or check
-
-    # getfqdn() may ask DNS: resolve the authserv-id once per config, not once per message.
-    authserv_id = cfg.authserv_id
-    if previous is not None and previous.cfg.dns == cfg.dns:
-        resolver = previous.resolver  # keep the warm cache when DNS settings did not change
-    else:
-        resolver = Resolver(cfg.dns)
-    return adapter.Runtime(cfg, authserv_id, resolver)
 
 
 # ---------------------------------------------------------------- sockets

@@ -31,7 +31,8 @@ from authmilter.checks.sender import SenderDomainResult
 from authmilter.checks.spf import SpfResult
 from authmilter.checks.srs import SrsInfo
 from authmilter.config import Config, TrustSection
-from authmilter.context import Connection, MessageContext
+from authmilter.checks.dkim_body import BodyHashKey
+from authmilter.context import Connection, Message, MessageContext
 from authmilter.errors import AuthmilterError
 from authmilter.resolver import DnsClient
 from authmilter.results import Dnssec, Status, weakest
@@ -130,6 +131,10 @@ def _run_dkim(i: Inputs) -> DkimResult:
 
 
 def _run_dmarc(i: Inputs) -> DmarcResult:
+    if i.ctx.message.headers_truncated:
+        # The From header may lie past the cap, or a second From may: "no From" or an author domain read from
+        # what was kept would both be guesses, so no policy is looked up.
+        return DmarcResult(Status.PERMERROR, reason=dkim_check.HEADER_LIMIT)
     return dmarc_check.check_dmarc(i.ctx.message, i.done["spf"], i.done["dkim"], i.dns, i.cfg.dmarc)
 
 
@@ -168,6 +173,15 @@ def _in_networks(ip: ipaddress.IPv4Address | ipaddress.IPv6Address, networks: Se
     if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
         candidates.append(ip.ipv4_mapped)
     return any(candidate in network for candidate in candidates for network in networks)
+
+
+def body_hash_keys(conn: Connection, msg: Message, cfg: Config) -> frozenset[BodyHashKey]:
+    """The DKIM body hashes `evaluate` will need for a message with these headers (known at end of headers), so
+    the adapter can stream the body into them and keep none of it. Empty when nothing will read the body."""
+    if not cfg.dkim.enabled or skip_reason(conn, cfg.trust):
+        return frozenset()
+    # The same steps as the table: the author domain orders the signatures, and dkim picks them.
+    return dkim_check.body_hash_keys(msg, cfg.dkim, dmarc_check.author_domain(msg))
 
 
 def evaluate(ctx: MessageContext, dns: DnsClient, cfg: Config, *, now: float,

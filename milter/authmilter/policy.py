@@ -4,6 +4,8 @@ Per message (`decide`, at end of message): the rules are tried in order and the 
 wins; a rule whose configured action is "accept" returns None, so later rules still apply. The order says:
 
   1. skipped mail (trusted network, authenticated sender) is accepted: nothing was checked;
+  1b. a header past [milter] max_header_bytes ([milter] header_limit_action): every later result would rest on a
+     header we did not keep;
   2. a missing, repeated or unparseable From (the classic ways around DMARC) is refused first;
   3. a trusted forwarder's DMARC fail is handled by [forwarders] dmarc_fail_action, and never more strictly than
      DMARC itself would have been handled;
@@ -68,6 +70,16 @@ def _verdict(action: Action, reason: str, text: str, *, reject: tuple[str, str] 
 
 def skipped(results: Results, ctx: MessageContext, cfg: Config) -> Verdict | None:
     return Verdict(Action.ACCEPT, reason=results.skipped) if results.skipped else None
+
+
+def header_limit(results: Results, ctx: MessageContext, cfg: Config) -> Verdict | None:
+    if not ctx.message.headers_truncated:
+        return None
+    # Past [milter] max_header_bytes the header was not kept whole, so DKIM and DMARC are permerror (header
+    # limit) rather than a guess. RFC 3463 X.3.4 "message too big for system"; 552 is RFC 5321's "exceeded
+    # storage allocation".
+    return _verdict(cfg.milter.header_limit_action, "header_limit", "Message header size exceeds limit",
+                    reject=("552", "5.3.4"))
 
 
 def dmarc_from_error(results: Results, ctx: MessageContext, cfg: Config) -> Verdict | None:
@@ -208,6 +220,7 @@ def iprev_temperror(results: Results, ctx: MessageContext, cfg: Config) -> Verdi
 
 RULES: tuple[Rule, ...] = (
     skipped,
+    header_limit,
     dmarc_from_error,
     trusted_forwarder_dmarc,
     dmarc_reject,

@@ -143,12 +143,14 @@ class BodyCanonicalizer:
     def _canonicalize_stable(self, stable: bytes) -> bytes:
         if not self._relaxed:
             return stable
-        # §3.4.4 a: drop whitespace at line ends, then reduce each remaining run to one SP. `stable` never ends
-        # in whitespace (the suffix keeps it), so stripping its last, unterminated piece changes nothing.
-        stripped = CRLF.join([line.rstrip(b" \t") for line in stable.split(CRLF)])
-        if b"\t" in stripped or b"  " in stripped:
-            stripped = _WSP_RUN.sub(b" ", stripped)
-        return stripped
+        # §3.4.4 a+b: reduce each whitespace run to one SP; then whitespace at a line end is exactly " \r\n",
+        # and dropping that SP drops it all. `stable` never ends in whitespace (the suffix keeps it). Done with
+        # C-level searches over the whole chunk: splitting into lines and stripping each cost more than the hash.
+        if b"\t" in stable or b"  " in stable:
+            stable = _WSP_RUN.sub(b" ", stable)
+        if b" \r\n" in stable:
+            stable = CRLF.join(stable.split(b" \r\n"))  # measured: half the time of bytes.replace here
+        return stable
 
 
 class _Digest:
