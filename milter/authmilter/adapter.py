@@ -15,6 +15,7 @@ import functools
 import ipaddress
 import logging
 import re
+import sys
 import time
 from typing import Callable
 
@@ -360,6 +361,15 @@ class AuthMilter(Milter.Base):
 
 # ---------------------------------------------------------------- libmilter plumbing, called by daemon.py
 
+def _log_undecodable_input(exc_type, exc, traceback) -> None:
+    if issubclass(exc_type, UnicodeDecodeError):
+        log.warning("client sent a HELO name or header name that is not UTF-8 (%s); it is treated as absent",
+                    exc)
+    else:
+        log.error("exception in a libmilter callback before authmilter's code ran",
+                  exc_info=(exc_type, exc, traceback))
+
+
 def setup(name: str, socket_spec: str, timeout: int, ref: RuntimeRef) -> None:
     """Register our callbacks with libmilter (pymilter's runmilter, split so the daemon can act between the steps)."""
     Milter.factory = functools.partial(AuthMilter, ref)
@@ -369,6 +379,9 @@ def setup(name: str, socket_spec: str, timeout: int, ref: RuntimeRef) -> None:
     # waiting for an end-of-message answer that never comes. CONTINUE only loses that one header or HELO name
     # (our own code catches its exceptions and never relies on this policy).
     Milter.set_exception_policy(Milter.CONTINUE)
+    # pymilter reports that decoding failure through sys.excepthook (our own callbacks never let an exception
+    # out): make it a log line with a level and say what it means, instead of a bare traceback on stderr.
+    sys.excepthook = _log_undecodable_input
     lib = Milter.milter
     lib.set_connect_callback(Milter.connect_callback)
     lib.set_helo_callback(lambda ctx, host: ctx.getpriv().hello(host))
