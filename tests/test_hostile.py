@@ -6,7 +6,7 @@ Authentication-Results header we insert parses back with authres, carries our au
 methods the input calls for and no result the sender smuggled in (no injected dmarc=pass). The corpus runs against
 a monitor-mode daemon (every message accepted, so every header can be read) and an enforcing one.
 
-Offline (hypothesis): random header names and values, bodies and envelopes through `adapter.judge`, the function
+Offline (hypothesis): random header names and values, bodies and envelopes through `judge.judge`, the function
 the milter and `authmilter check` share, with FakeDns: the rendered header always parses, has no CR or LF except
 our LF+TAB folding, is ASCII, and names exactly the method results our checks produced.
 """
@@ -22,7 +22,7 @@ import authres
 import pytest
 from hypothesis import HealthCheck, given, settings
 
-from authmilter import adapter
+from authmilter import judge
 from authmilter.config import Config, DnsSection, TrustSection
 from authmilter.context import Connection, Envelope, Header, Message, MessageContext
 from authmilter.results import Action
@@ -251,7 +251,7 @@ def produced(judgement) -> collections.Counter:
 @settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
 @given(ctx=strategies.context)
 def test_rendered_header_always_parses_and_names_only_what_we_produced(ctx):
-    judgement = adapter.judge(ctx, FakeDns(FAKE_ZONE), CONFIG, AUTHSERV_ID, now=time.time())
+    judgement = judge.judge(ctx, FakeDns(FAKE_ZONE), CONFIG, AUTHSERV_ID, now=time.time())
     assert judgement.verdict.action in tuple(Action)
     value = judgement.ar_value
     assert_header_clean(value)
@@ -293,6 +293,6 @@ def test_authserv_id_from_config_is_refused_or_renders_a_parseable_header(tmp_pa
     ctx = MessageContext(Connection(ipaddress.ip_address("192.0.2.1"), "", "mail.example.org"),
                          Envelope("alice@example.org", ("bob@example.net",), "Q"),
                          Message((Header(b"From", b" alice@example.org"),)))
-    judgement = adapter.judge(ctx, FakeDns(FAKE_ZONE), cfg, cfg.authserv_id, now=time.time())
+    judgement = judge.judge(ctx, FakeDns(FAKE_ZONE), cfg, cfg.authserv_id, now=time.time())
     assert_header_clean(judgement.ar_value)
     assert parse_ar(judgement.ar_value).authserv_id.lower().rstrip(".") == authserv_id.lower().rstrip(".")

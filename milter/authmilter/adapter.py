@@ -25,9 +25,8 @@ from authmilter import arheader, logline, policy
 from authmilter.bodystream import BodyStream
 from authmilter.config import Config
 from authmilter.context import Connection, Envelope, Header, Message, MessageContext
-# The decision lives in judge.py (shared with `authmilter check`); these names stay importable from here.
-from authmilter.judge import (AR_NAME, RECEIVED_SPF_NAME, Judgement, Runtime, RuntimeRef,  # noqa: F401
-                              judge, strip_brackets)
+# The decision lives in judge.py, shared with `authmilter check`.
+from authmilter.judge import AR_NAME, RECEIVED_SPF_NAME, Judgement, Runtime, RuntimeRef, judge, strip_brackets
 from authmilter.results import Action, Verdict
 
 log = logging.getLogger("authmilter")

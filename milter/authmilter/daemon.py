@@ -8,7 +8,6 @@ process to its main thread when that thread does not block it, so these reach Py
 
 from __future__ import annotations
 
-import dataclasses
 import errno
 import grp
 import logging
@@ -257,7 +256,3 @@ def run(config_path: str, cfg: Config) -> int:
         return EX_OSERR
     log.info("authmilter stopped")
     return EX_OK
-
-
-def override_nameservers(cfg: Config, nameservers) -> Config:
-    return dataclasses.replace(cfg, dns=dataclasses.replace(cfg.dns, nameservers=tuple(nameservers)))
