@@ -47,6 +47,8 @@ _INVISIBLE = frozenset({"Cc", "Cf", "Cs", "Co", "Cn", "Zl", "Zp"})
 
 def _visible(text: str) -> str:
     """Drop invisible and control characters (CR, LF and NUL among them); TAB and other spaces become SPACE."""
+    if text.isascii() and text.isprintable():
+        return text  # nothing to drop or replace: the per-character walk was ~10% of a message's CPU (bench)
     out = []
     for ch in text:
         if ch == "\t" or unicodedata.category(ch) == "Zs":

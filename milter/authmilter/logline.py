@@ -30,6 +30,11 @@ def format_value(value: object) -> str:
         raw = raw[:MAX_VALUE - 3] + "..."
     if raw == "":
         return '""'
+    if raw.isascii() and raw.isprintable():
+        # The common case, without the per-character walk: only SP, '"' and '\\' need quoting or escaping.
+        if not any(ch in raw for ch in ' "\\'):
+            return raw
+        return '"' + raw.replace("\\", "\\\\").replace('"', '\\"') + '"'
     out: list[str] = []
     quote = False
     for ch in raw:
