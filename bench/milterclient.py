@@ -1,8 +1,14 @@
-"""A byte-exact MTA side of the milter protocol (version 6), for benchmarks and load tests.
+"""A byte-exact MTA side of the milter protocol (version 6), for benchmarks and tests: what Postfix would send, and
+what the milter answers.
 
-miltertest's codec encodes header values and body chunks as UTF-8 text; we need raw 8-bit bytes and no per-chunk
-re-encoding, and we must honour the NO*/NR* steps the milter negotiates away (Postfix does), or a milter that asks
-for "no reply to headers" would leave us waiting forever.
+miltertest's codec encodes header values and body chunks as UTF-8 text and refuses a negotiation reply that carries
+SMFIR_SETSYMLIST macro lists; we need raw 8-bit bytes, no per-chunk re-encoding, and those lists. Every step honours
+what the milter negotiated away, as Postfix does: a step it asked not to see (SMFIP_NO*) is not sent, and after one
+it asked not to answer (SMFIP_NR*) we do not wait, or a milter that asks for "no reply to headers" would leave us
+waiting forever.
+
+Two levels: the step methods (connect, helo, mail, rcpt, header(s), body, eom, abort, quit), each returning the
+milter's Reply or None when none is due, and `transaction(...)`, one whole SMTP transaction built on them.
 """
 
 from __future__ import annotations
@@ -23,65 +29,147 @@ HDR_LEADSPC = 0x100000
 NR_CONN, NR_HELO, NR_MAIL, NR_RCPT, NR_DATA, NR_EOH, NR_BODY = (
     0x1000, 0x2000, 0x4000, 0x8000, 0x10000, 0x40000, 0x80000)
 
-FINAL_REPLIES = {b"a", b"c", b"r", b"t", b"y", b"d", b"s"}
+FINAL_REPLIES = {"a", "c", "r", "t", "y", "d", "s"}
+_REPLY_NAMES = {"a": "accept", "c": "continue", "r": "reject", "t": "tempfail", "y": "replycode",
+                "d": "discard", "s": "skip"}
 
 
 class ProtocolError(Exception):
     pass
 
 
+@dataclass(frozen=True, slots=True)
+class Reply:
+    """One packet from the milter: its SMFIR_* letter and payload."""
+
+    code: str
+    data: bytes = b""
+
+    @property
+    def name(self) -> str:
+        """"accept", "continue", "reject", "tempfail", "replycode", "discard", "skip" (else the letter)."""
+        return _REPLY_NAMES.get(self.code, self.code)
+
+    @property
+    def text(self) -> str:
+        """For SMFIR_REPLYCODE: "550 5.7.1 text"."""
+        return self.data.rstrip(b"\0").decode("utf-8", "replace")
+
+
+@dataclass(frozen=True, slots=True)
+class HeaderChange:
+    kind: str      # "insert" (SMFIR_INSHEADER), "add" (SMFIR_ADDHEADER) or "change" (SMFIR_CHGHEADER; "" deletes)
+    index: int     # insert position / 1-based occurrence to change; 0 for "add"
+    name: str
+    value: str
+
+
+_CHANGE_KINDS = {"i": "insert", "h": "add", "m": "change"}
+
+
 @dataclass
 class Outcome:
-    """What the milter answered at end of message (or earlier, when it stopped the transaction)."""
+    """What the milter answered at end of message (or earlier, when it stopped the transaction at `stage`)."""
 
-    reply: str                                   # "accept", "continue", "reject", "tempfail", "replycode", ...
-    reply_text: str = ""
+    final: Reply
     stage: str = "eom"
-    modifications: list[tuple[str, bytes]] = field(default_factory=list)
+    modifications: list[tuple[str, bytes]] = field(default_factory=list)   # raw (letter, payload), in order
     eoh_to_final_s: float = 0.0
 
+    @property
+    def reply(self) -> str:
+        return self.final.name
 
-_REPLY_NAMES = {b"a": "accept", b"c": "continue", b"r": "reject", b"t": "tempfail", b"y": "replycode",
-                b"d": "discard", b"s": "skip"}
+    @property
+    def reply_text(self) -> str:
+        return self.final.text
+
+    def header_changes(self) -> list[HeaderChange]:
+        """The header modifications, decoded. Raises AssertionError on one whose framing is wrong (a protocol
+        error)."""
+        changes = []
+        for code, data in self.modifications:
+            if code in ("i", "m"):
+                assert len(data) >= 4, f"short {code!r} reply: {data!r}"
+                index, rest = struct.unpack("!I", data[:4])[0], data[4:]
+            elif code == "h":
+                index, rest = 0, data
+            else:
+                continue
+            parts = rest.split(b"\0")
+            assert len(parts) == 3 and parts[2] == b"", f"bad {code!r} reply framing: {data!r}"
+            changes.append(HeaderChange(_CHANGE_KINDS[code], index, parts[0].decode("utf-8", "replace"),
+                                        parts[1].decode("utf-8", "replace")))
+        return changes
+
+    def inserted(self) -> list[tuple[int, str, str]]:
+        """(index, name, value) of each SMFIR_INSHEADER, in order."""
+        return [(c.index, c.name, c.value) for c in self.header_changes() if c.kind == "insert"]
+
+    def changed(self) -> list[tuple[int, str, str]]:
+        """(index, name, value) of each SMFIR_CHGHEADER, in order ("" value = deleted)."""
+        return [(c.index, c.name, c.value) for c in self.header_changes() if c.kind == "change"]
+
+    def added_values(self, name: str) -> list[str]:
+        """Values of every header named `name` the milter inserted or added."""
+        return [c.value for c in self.header_changes()
+                if c.kind in ("insert", "add") and c.name.lower() == name.lower()]
+
+    def quarantine_reason(self) -> str | None:
+        for code, data in self.modifications:
+            if code == "q":
+                return data.rstrip(b"\0").decode("utf-8", "replace")
+        return None
 
 
 def _frame(cmd: bytes, data: bytes = b"") -> bytes:
     return struct.pack("!I", len(data) + 1) + cmd + data
 
 
+def _b(value: str | bytes) -> bytes:
+    return value.encode() if isinstance(value, str) else value
+
+
 def _cstr(value: str | bytes) -> bytes:
-    return (value.encode() if isinstance(value, str) else value) + b"\0"
+    return _b(value) + b"\0"
 
 
 class MilterClient:
-    def __init__(self, address: str, timeout: float = 120.0):
-        """address: "/path/to.sock" or "host:port"."""
-        if address.startswith("/"):
+    def __init__(self, address: str | tuple[str, int], timeout: float = 120.0):
+        """address: "/path/to.sock", "host:port" or (host, port)."""
+        if isinstance(address, str) and address.startswith("/"):
             self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
             self.sock.settimeout(timeout)
             self.sock.connect(address)
         else:
-            host, _, port = address.rpartition(":")
-            self.sock = socket.create_connection((host.strip("[]"), int(port)), timeout=timeout)
+            if isinstance(address, str):
+                host, _, port = address.rpartition(":")
+                address = (host.strip("[]"), int(port))
+            self.sock = socket.create_connection(address, timeout=timeout)
             self.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         self.buffer = b""
         self.protocol = 0
         self.actions = 0
+        self.symlists: dict[int, str] = {}   # SMFIR_SETSYMLIST: stage -> space-separated macro names
 
-    def close(self) -> None:
+    def quit(self) -> None:
         try:
             self.sock.sendall(_frame(b"Q"))
         except OSError:
             pass
         self.sock.close()
 
+    close = quit
+
     def __enter__(self) -> MilterClient:
         return self
 
     def __exit__(self, *exc) -> None:
-        self.close()
+        self.quit()
 
-    def _recv(self) -> tuple[bytes, bytes]:
+    # -- framing
+
+    def _recv(self) -> Reply:
         while True:
             while len(self.buffer) < 4 or len(self.buffer) < 4 + struct.unpack("!I", self.buffer[:4])[0]:
                 data = self.sock.recv(65536)
@@ -91,96 +179,134 @@ class MilterClient:
             length = struct.unpack("!I", self.buffer[:4])[0]
             packet, self.buffer = self.buffer[4:4 + length], self.buffer[4 + length:]
             if packet[:1] != b"p":  # progress: keep waiting
-                return packet[:1], packet[1:]
+                return Reply(packet[:1].decode("latin-1"), packet[1:])
 
-    def negotiate(self, actions: int = ALL_ACTIONS, protocol: int = ALL_PROTOCOL) -> None:
-        self.sock.sendall(_frame(b"O", struct.pack("!III", SMFI_VERSION, actions, protocol)))
-        cmd, data = self._recv()
-        if cmd != b"O":
-            raise ProtocolError(f"expected option negotiation, got {cmd!r}")
-        _, self.actions, self.protocol = struct.unpack("!III", data[:12])
-
-    def _step(self, cmd: bytes, data: bytes, skipped: int, no_reply: int) -> tuple[bytes, bytes] | None:
+    def _step(self, cmd: bytes, data: bytes, skipped: int, no_reply: int,
+              macros: dict[str, str] | None = None) -> Reply | None:
         if self.protocol & skipped:
             return None
+        self.macros(cmd, macros or {})
         self.sock.sendall(_frame(cmd, data))
         if self.protocol & no_reply:
             return None
         return self._recv()
 
-    def macros(self, stage: bytes, values: dict[str, str]) -> None:
-        payload = b"".join(_cstr(k) + _cstr(v) for k, v in values.items())
-        self.sock.sendall(_frame(b"D", stage + payload))
+    # -- the conversation, in SMTP order
 
-    def transaction(self, *, client_ip: str, helo: str, mail_from: str, rcpts: list[str],
-                    headers: list[tuple[bytes, bytes]], body: bytes, queue_id: str = "BENCH",
-                    connect: bool = True) -> Outcome:
-        """One SMTP transaction. headers are (name, value) with the value as Postfix sends it (no leading space
-        unless SMFIP_HDR_LEADSPC was negotiated: then pass values that keep it)."""
-        def stopped(reply: tuple[bytes, bytes] | None, stage: str) -> Outcome | None:
-            if reply is None or reply[0] == b"c":
-                return None
-            return Outcome(_REPLY_NAMES.get(reply[0], reply[0].decode()), reply[1].rstrip(b"\0").decode(
-                "utf-8", "replace"), stage)
+    def negotiate(self, actions: int = ALL_ACTIONS, protocol: int = ALL_PROTOCOL) -> None:
+        self.sock.sendall(_frame(b"O", struct.pack("!III", SMFI_VERSION, actions, protocol)))
+        reply = self._recv()
+        if reply.code != "O":
+            raise ProtocolError(f"expected option negotiation, got {reply.code!r}")
+        _, self.actions, self.protocol = struct.unpack("!III", reply.data[:12])
+        rest = reply.data[12:]
+        while len(rest) >= 4:
+            (stage,) = struct.unpack("!I", rest[:4])
+            names, _, rest = rest[4:].partition(b"\0")
+            self.symlists[stage] = names.decode()
 
-        if connect:
-            family = b"6" if ":" in client_ip else b"4"
-            self.macros(b"C", {"j": "mx.bench.example", "{daemon_name}": "bench"})
-            reply = self._step(b"C", _cstr("client.bench.example") + family + struct.pack("!H", 25000)
-                               + _cstr(client_ip), NOCONNECT, NR_CONN)
-            if (out := stopped(reply, "connect")):
-                return out
-            reply = self._step(b"H", _cstr(helo), NOHELO, NR_HELO)
-            if (out := stopped(reply, "helo")):
-                return out
-        self.macros(b"M", {"{mail_addr}": mail_from})
-        reply = self._step(b"M", _cstr(f"<{mail_from}>"), NOMAIL, NR_MAIL)
-        if (out := stopped(reply, "mail")):
-            return out
-        for rcpt in rcpts:
-            self.macros(b"R", {"{rcpt_addr}": rcpt})
-            reply = self._step(b"R", _cstr(f"<{rcpt}>"), NORCPT, NR_RCPT)
-            if (out := stopped(reply, "rcpt")):
-                return out
-        self.macros(b"T", {"i": queue_id})
-        reply = self._step(b"T", b"", NODATA, NR_DATA)
-        if (out := stopped(reply, "data")):
-            return out
-        if not self.protocol & NOHDRS:
-            for name, value in headers:
-                if not self.protocol & HDR_LEADSPC:
-                    value = value.lstrip(b" \t")
-                reply = self._step(b"L", name + b"\0" + value + b"\0", NOHDRS, NR_HDR)
-                if reply is not None and reply[0] == b"s":
-                    break
-                if (out := stopped(reply, "header")):
-                    return out
-        self.macros(b"N", {"i": queue_id})
-        started = time.perf_counter()
-        reply = self._step(b"N", b"", NOEOH, NR_EOH)
-        if (out := stopped(reply, "eoh")):
-            return out
-        if not self.protocol & NOBODY:
-            for offset in range(0, len(body), CHUNK):
-                reply = self._step(b"B", body[offset:offset + CHUNK], NOBODY, NR_BODY)
-                if reply is not None and reply[0] == b"s":
-                    break
-                if (out := stopped(reply, "body")):
-                    return out
-        self.macros(b"E", {"i": queue_id})
+    def macros(self, stage: str | bytes, values: dict[str, str]) -> None:
+        if values:
+            payload = b"".join(_cstr(k) + _cstr(v) for k, v in values.items())
+            self.sock.sendall(_frame(b"D", _b(stage) + payload))
+
+    def connect(self, hostname: str, ip: str, port: int = 25, macros: dict | None = None) -> Reply | None:
+        family = b"6" if ":" in ip else b"4"
+        return self._step(b"C", _cstr(hostname) + family + struct.pack("!H", port) + _cstr(ip),
+                          NOCONNECT, NR_CONN, macros)
+
+    def helo(self, name: str | bytes) -> Reply | None:
+        return self._step(b"H", _cstr(name), NOHELO, NR_HELO)
+
+    def mail(self, sender: str, macros: dict | None = None) -> Reply | None:
+        return self._step(b"M", _cstr(f"<{sender}>"), NOMAIL, NR_MAIL, macros)
+
+    def rcpt(self, rcpt: str, macros: dict | None = None) -> Reply | None:
+        return self._step(b"R", _cstr(f"<{rcpt}>"), NORCPT, NR_RCPT, macros)
+
+    def data(self, macros: dict | None = None) -> Reply | None:
+        return self._step(b"T", b"", NODATA, NR_DATA, macros)
+
+    def header(self, name: str | bytes, value: str | bytes) -> Reply | None:
+        """value as Postfix sends it with SMFIP_HDR_LEADSPC (leading space kept, folded with bare LF); without
+        that option negotiated the leading whitespace is stripped, as Postfix does."""
+        value = _b(value)
+        if not self.protocol & HDR_LEADSPC:
+            value = value.lstrip(b" \t")
+        return self._step(b"L", _cstr(name) + _cstr(value), NOHDRS, NR_HDR)
+
+    def headers(self, pairs) -> Reply | None:
+        """Each header in turn; the first reply that ends the header phase (skip or a final one), else None."""
+        for name, value in pairs:
+            reply = self.header(name, value)
+            if reply is not None and reply.code != "c":
+                return reply
+        return None
+
+    def eoh(self, macros: dict | None = None) -> Reply | None:
+        return self._step(b"N", b"", NOEOH, NR_EOH, macros)
+
+    def body(self, data: bytes) -> Reply | None:
+        """The body in CHUNK-sized pieces; the first reply that ends the body phase (skip or a final one), else
+        None."""
+        for offset in range(0, len(data), CHUNK):
+            reply = self._step(b"B", data[offset:offset + CHUNK], NOBODY, NR_BODY)
+            if reply is not None and reply.code != "c":
+                return reply
+        return None
+
+    def eom(self, macros: dict | None = None) -> Outcome:
+        """End of message: the modifications the milter asks for, in order, then its final reply."""
+        self.macros(b"E", macros or {})
         self.sock.sendall(_frame(b"E"))
         modifications: list[tuple[str, bytes]] = []
         while True:
-            cmd, data = self._recv()
-            if cmd in FINAL_REPLIES:
-                outcome = Outcome(_REPLY_NAMES.get(cmd, cmd.decode()), data.rstrip(b"\0").decode("utf-8", "replace"))
-                outcome.modifications = modifications
-                outcome.eoh_to_final_s = time.perf_counter() - started
-                return outcome
-            modifications.append((cmd.decode(), data))
+            reply = self._recv()
+            if reply.code in FINAL_REPLIES:
+                return Outcome(reply, "eom", modifications)
+            modifications.append((reply.code, reply.data))
 
     def abort(self) -> None:
         self.sock.sendall(_frame(b"A"))
+
+    # -- one whole transaction
+
+    def transaction(self, *, client_ip: str, helo: str | bytes, mail_from: str, rcpts, headers, body: bytes,
+                    queue_id: str = "BENCH", connect: bool = True, hostname: str = "unknown", auth: str = "",
+                    mta: str = "mx.example.net") -> Outcome:
+        """One SMTP transaction, the macros Postfix would send included. headers are (name, value) with the value
+        as Postfix sends it with SMFIP_HDR_LEADSPC. The Outcome's stage says where the milter ended it (an SMFIR_SKIP
+        ends only the header or body phase). auth: the SASL login ({auth_authen}), "" for none."""
+        def stopped(reply: Reply | None, stage: str) -> Outcome | None:
+            if reply is None or reply.code in ("c", "s"):
+                return None
+            return Outcome(reply, stage)
+
+        if connect:
+            reply = self.connect(hostname, client_ip, 25000,
+                                 macros={"j": mta, "{daemon_name}": "authmilter-test", "{client_addr}": client_ip})
+            if (out := stopped(reply, "connect")):
+                return out
+            if (out := stopped(self.helo(helo), "helo")):
+                return out
+        mail_macros = {"{mail_addr}": mail_from, **({"{auth_authen}": auth} if auth else {})}
+        if (out := stopped(self.mail(mail_from, macros=mail_macros), "mail")):
+            return out
+        for rcpt in rcpts:
+            if (out := stopped(self.rcpt(rcpt, macros={"{rcpt_addr}": rcpt, "i": queue_id}), "rcpt")):
+                return out
+        if (out := stopped(self.data(macros={"i": queue_id}), "data")):
+            return out
+        if (out := stopped(self.headers(headers), "header")):
+            return out
+        started = time.perf_counter()
+        if (out := stopped(self.eoh(macros={"i": queue_id}), "eoh")):
+            return out
+        if (out := stopped(self.body(body), "body")):
+            return out
+        outcome = self.eom(macros={"i": queue_id})
+        outcome.eoh_to_final_s = time.perf_counter() - started
+        return outcome
 
 
 def split_message(raw: bytes) -> tuple[list[tuple[bytes, bytes]], bytes]:

@@ -7,6 +7,10 @@
         daemon.reload()             # SIGUSR1, then waits for the "reloaded configuration" log line
         status = daemon.stop()      # SIGTERM, then the exit status
 
+    DaemonRunner(tmp_path, config=INI_TEXT, launcher=script)   # a test's own INI, or a script instead of the CLI
+
+What the daemon asked the MTA to change is decoded by bench.milterclient's Outcome (inserted(), header_changes()).
+
 Bounds: the daemon runs under coreutils `timeout` (killed after `lifetime` seconds whatever happens to the test
 process), and additionally dies with the test process (PR_SET_PDEATHSIG on the `timeout` process). Signals go to
 the daemon's own PID (a child of `timeout`), never by name.
@@ -17,19 +21,20 @@ from __future__ import annotations
 import ctypes
 import os
 import signal
-import socket
-import struct
 import subprocess
 import sys
 import time
-from dataclasses import dataclass
+from collections.abc import Callable
 from pathlib import Path
 
 AUTHMILTER = Path(sys.executable).with_name("authmilter")
-START_SECONDS = 20.0     # how long start() waits for the socket
+START_SECONDS = 20.0     # how long start() waits for the daemon to listen
 STOP_SECONDS = 20.0      # how long stop() waits for a clean exit after SIGTERM
 TRACEBACK = "Traceback (most recent call last)"
 LEVELS = ("DEBUG ", "INFO ", "WARNING ", "ERROR ", "CRITICAL ")  # logsetup.STDERR_FORMAT
+# daemon.run logs this once the socket is open AND its signal handlers are installed: a reload signal sent
+# before that would kill it
+LISTENING = "authmilter listening on "
 
 
 def _die_with_parent() -> None:
@@ -63,14 +68,22 @@ def config_text(socket_path: Path, *, authserv_id: str, nameservers: str = "", e
 
 class DaemonRunner:
     def __init__(self, directory: Path, *, dns_server=None, authserv_id: str = "mx.test.example",
-                 extra: dict | None = None, lifetime: float = 120.0):
+                 extra: dict | None = None, lifetime: float = 120.0, config: str | None = None,
+                 launcher: Path | None = None):
+        """config: the INI text to run with, verbatim (then socket_path is only where config_text() would put the
+        socket: the caller knows its own). launcher: a Python script taking the CLI's arguments, run instead of
+        the `authmilter` command (e.g. one that injects a fault)."""
         self.directory = Path(directory)
         self.socket_path = self.directory / "authmilter.sock"
         self.config_path = self.directory / "authmilter.ini"
         self.log_path = self.directory / "authmilter.log"
         self.nameservers = dns_server.address if dns_server is not None else ""
         self.lifetime = lifetime
-        self.write_config(authserv_id=authserv_id, extra=extra)
+        self.launcher = launcher
+        if config is None:
+            self.write_config(authserv_id=authserv_id, extra=extra)
+        else:
+            self.config_path.write_text(config, encoding="utf-8")
         self._wrapper: subprocess.Popen | None = None
         self.pid: int | None = None
         self.returncode: int | None = None
@@ -86,9 +99,11 @@ class DaemonRunner:
     # ------------------------------------------------------------ life cycle
 
     def start(self) -> DaemonRunner:
+        program = [sys.executable, str(self.launcher)] if self.launcher else [str(AUTHMILTER)]
+        started_before = self.log_text().count(LISTENING)
         self._log_file = open(self.log_path, "ab")
         self._wrapper = subprocess.Popen(
-            ["timeout", "--kill-after=5", str(int(self.lifetime)), str(AUTHMILTER), "run",
+            ["timeout", "--kill-after=5", str(int(self.lifetime)), *program, "run",
              "--config", str(self.config_path)],
             stdin=subprocess.DEVNULL, stdout=self._log_file, stderr=self._log_file, preexec_fn=_die_with_parent,
             env={**os.environ, "PYTHONUNBUFFERED": "1", "PYTHONFAULTHANDLER": "1"})
@@ -98,12 +113,11 @@ class DaemonRunner:
             if self._wrapper.poll() is not None:
                 raise RuntimeError(f"authmilter exited with {self._wrapper.returncode} at start-up:\n"
                                    f"{self.log_text()}")
-            if self._listening():
+            if self.log_text().count(LISTENING) > started_before:
                 return self
             time.sleep(0.05)
         self.kill()
-        raise RuntimeError(f"authmilter did not listen on {self.socket_path} in {START_SECONDS}s:\n"
-                           f"{self.log_text()}")
+        raise RuntimeError(f"authmilter did not log {LISTENING!r} in {START_SECONDS}s:\n{self.log_text()}")
 
     def _find_child(self) -> int:
         """The daemon's PID: the one child of the `timeout` wrapper."""
@@ -122,19 +136,6 @@ class DaemonRunner:
             time.sleep(0.01)
         raise RuntimeError("authmilter did not start")
 
-    def _listening(self) -> bool:
-        if not self.socket_path.exists():
-            return False
-        probe = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-        probe.settimeout(1.0)
-        try:
-            probe.connect(str(self.socket_path))
-            return True
-        except OSError:
-            return False
-        finally:
-            probe.close()
-
     @property
     def running(self) -> bool:
         return self._wrapper is not None and self._wrapper.poll() is None
@@ -147,16 +148,27 @@ class DaemonRunner:
         """SIGUSR1; returns once the daemon logged that it swapped to the new configuration."""
         before = self.log_text().count("reloaded configuration")
         self.signal(signal.SIGUSR1)
-        if not self.wait_for_log(lambda text: text.count("reloaded configuration") > before, timeout):
-            raise AssertionError(f"no reload logged in {timeout}s:\n{self.log_text()[-4000:]}")
+        self.wait_for_log("reloaded configuration", timeout, count=before + 1)
 
-    def wait_for_log(self, predicate, timeout: float) -> bool:
+    def wait_for_log(self, what: str | Callable[[str], bool], timeout: float = 10.0, *, count: int = 1) -> str:
+        """The log once it holds `what` (a text at least `count` times, or a predicate over the whole log is true).
+        Raises AssertionError, with the log, when that does not happen within `timeout` or the daemon exits."""
+        def done(text: str) -> bool:
+            return what(text) if callable(what) else text.count(what) >= count
+
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
-            if predicate(self.log_text()):
-                return True
+            text = self.log_text()
+            if done(text):
+                return text
+            if not self.running:
+                status = self._wrapper.returncode if self._wrapper is not None else "nothing (never started)"
+                raise AssertionError(f"{what!r} not logged and the daemon exited with {status}:\n{text[-4000:]}")
             time.sleep(0.05)
-        return predicate(self.log_text())
+        text = self.log_text()
+        if done(text):
+            return text
+        raise AssertionError(f"{what!r} not logged within {timeout}s:\n{text[-4000:]}")
 
     def stop(self) -> int:
         """SIGTERM to the daemon and its exit status (the wrapper passes it through; 124/137 = it was killed)."""
@@ -216,44 +228,3 @@ class DaemonRunner:
                     end += 1
                 found.append("\n".join(lines[max(index - 1, 0):end]))
         return found
-
-
-# ---------------------------------------------------------------- what the daemon asked the MTA to change
-
-@dataclass(frozen=True, slots=True)
-class HeaderChange:
-    kind: str      # "insert" (SMFIR_INSHEADER), "add" (SMFIR_ADDHEADER) or "change" (SMFIR_CHGHEADER; "" deletes)
-    index: int     # insert position / 1-based occurrence to change; 0 for "add"
-    name: str
-    value: str
-
-
-def header_changes(modifications: list[tuple[str, bytes]]) -> list[HeaderChange]:
-    """Decode bench.milterclient's Outcome.modifications (raw milter replies) into header changes.
-
-    Raises AssertionError on a header modification whose framing is wrong (a protocol error)."""
-    changes = []
-    for code, data in modifications:
-        if code in ("i", "m"):
-            assert len(data) >= 4, f"short {code!r} reply: {data!r}"
-            index = struct.unpack("!I", data[:4])[0]
-            rest = data[4:]
-        elif code == "h":
-            index, rest = 0, data
-        else:
-            continue
-        parts = rest.split(b"\0")
-        assert len(parts) == 3 and parts[2] == b"", f"bad {code!r} reply framing: {data!r}"
-        kind = {"i": "insert", "h": "add", "m": "change"}[code]
-        changes.append(HeaderChange(kind, index, parts[0].decode("utf-8", "replace"),
-                                    parts[1].decode("utf-8", "replace")))
-    return changes
-
-
-def inserted(modifications: list[tuple[str, bytes]], name: str) -> list[str]:
-    """Values of every header named `name` the daemon inserted or added."""
-    return [c.value for c in header_changes(modifications)
-            if c.kind in ("insert", "add") and c.name.lower() == name.lower()]
-
-
-# ---------------------------------------------------------------- a DNS server that survives port races

@@ -15,7 +15,6 @@ import stat
 import subprocess
 import sys
 import textwrap
-import time
 from pathlib import Path
 
 import dkim
@@ -24,12 +23,11 @@ from miltertest import constants as c
 
 from authmilter.cli import parse_message
 from authmilter.daemon import set_nodelay_on_listener
+from bench.milterclient import MilterClient
+from tests.daemonrunner import DaemonRunner
 from tests.dnsserver import DnsServer, Fault
-from tests.milterclient import MilterClient
 
 ROOT = Path(__file__).resolve().parent.parent
-START_TIMEOUT = 30.0
-STOP_TIMEOUT = 30.0
 
 ZONE = {
     "example.org": [{"TXT": "v=spf1 ip4:192.0.2.0/24 -all"}, {"MX": [10, "mail.example.org"]}],
@@ -46,53 +44,12 @@ ZONE = {
 
 # ---------------------------------------------------------------- a running daemon
 
-class Daemon:
-    """`authmilter run` in a subprocess; stderr (the log) goes to a file the tests read."""
+def adapter_daemon(workdir: Path, config: str, *, launcher: Path | None = None,
+                   lifetime: float = 120.0) -> DaemonRunner:
+    """`authmilter run` (or `launcher`) with this module's INI; its stderr log is what the tests read."""
+    return DaemonRunner(workdir, config=config, launcher=launcher, lifetime=lifetime)
 
-    def __init__(self, workdir: Path, config: str, *, launcher: Path | None = None) -> None:
-        self.workdir = workdir
-        self.config_path = workdir / "authmilter.ini"
-        self.config_path.write_text(config)
-        self.log_path = workdir / "stderr.log"
-        self.launcher = launcher
-        self.proc: subprocess.Popen | None = None
 
-    def start(self) -> "Daemon":
-        command = [sys.executable, str(self.launcher)] if self.launcher else [sys.executable, "-m", "authmilter"]
-        self.log_file = open(self.log_path, "wb")
-        self.proc = subprocess.Popen([*command, "run", "--config", str(self.config_path)],
-                                     stdout=subprocess.DEVNULL, stderr=self.log_file,
-                                     env={**os.environ, "PYTHONPATH": f"{ROOT}:{ROOT / 'milter'}"})
-        self.wait_for_log("listening on", START_TIMEOUT)
-        return self
-
-    def log(self) -> str:
-        return self.log_path.read_text(errors="replace")
-
-    def wait_for_log(self, text: str, timeout: float = 10.0, *, count: int = 1) -> str:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            log = self.log()
-            if log.count(text) >= count:
-                return log
-            if self.proc.poll() is not None:
-                raise AssertionError(f"daemon exited with {self.proc.returncode}; log:\n{log}")
-            time.sleep(0.05)
-        raise AssertionError(f"{text!r} not logged within {timeout}s; log:\n{self.log()}")
-
-    def signal(self, signum: int) -> None:
-        self.proc.send_signal(signum)
-
-    def stop(self) -> int:
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(STOP_TIMEOUT)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()  # our own child, by its PID
-                self.proc.wait()
-        self.log_file.close()
-        return self.proc.returncode
 
 
 def config_text(socket_spec: str, dns: DnsServer, extra: str = "") -> str:
@@ -132,22 +89,23 @@ def milter(tmp_path_factory, dns):
     """One daemon for the read-only tests, on a unix socket whose directory does not exist yet."""
     workdir = tmp_path_factory.mktemp("milter")
     sock = workdir / "run" / "sub" / "authmilter.sock"
-    daemon = Daemon(workdir, config_text(f"unix:{sock}", dns, ENFORCING)).start()
+    daemon = adapter_daemon(workdir, config_text(f"unix:{sock}", dns, ENFORCING), lifetime=600).start()
     daemon.socket = str(sock)
     yield daemon
     daemon.stop()
 
 
 def client(address) -> MilterClient:
-    conn = MilterClient(address)
+    conn = MilterClient(address, timeout=20.0)
     conn.negotiate()
     return conn
 
 
-def send(address, **message):
+def send(address, *, ip: str, rcpts=("user@example.net",), **message):
+    """One whole transaction; the end-of-message Outcome, or the one of the step that ended it (final)."""
     conn = client(address)
     try:
-        return conn.message(**message)
+        return conn.transaction(client_ip=ip, rcpts=rcpts, **message)
     finally:
         conn.quit()
 
@@ -156,6 +114,13 @@ def headers_of(raw: bytes) -> list[tuple[bytes, bytes]]:
     """Headers as Postfix hands them with SMFIP_HDR_LEADSPC: leading space kept, folding as bare LF."""
     headers, _ = parse_message(raw)
     return [(name, value.replace(b"\r\n", b"\n")) for name, value in headers]
+
+
+def send_short(milter, sender: str, queue_id: str):
+    """A two-header message from `sender` (also its MAIL FROM), from 192.0.2.1 (mail.example.org)."""
+    raw = f"From: {sender}\r\nSubject: hi\r\n\r\nbody\r\n".encode()
+    return send(milter.socket, ip="192.0.2.1", helo="mail.example.org", mail_from=sender,
+                headers=headers_of(raw), body=b"body\r\n", queue_id=queue_id)
 
 
 PLAIN = b"From: Alice <alice@example.org>\r\nTo: bob@example.net\r\nSubject: hello\r\n\r\nHi Bob.\r\n"
@@ -229,8 +194,8 @@ def test_forged_ar_headers_claiming_us_are_removed_foreign_kept(milter):
     # Deleted highest index first; the foreign one (index 2) stays.
     assert result.changed() == [(4, "Authentication-Results", ""), (3, "Authentication-Results", ""),
                                 (1, "Authentication-Results", "")]
-    kinds = [kind for kind, _ in result.modifications]
-    assert kinds.index("insheader") > max(i for i, k in enumerate(kinds) if k == "chgheader")
+    kinds = [change.kind for change in result.header_changes()]
+    assert kinds.index("insert") > max(i for i, k in enumerate(kinds) if k == "change")
 
 
 def test_authenticated_sender_skips_checks_but_forged_ar_still_removed(milter):
@@ -245,28 +210,22 @@ def test_authenticated_sender_skips_checks_but_forged_ar_still_removed(milter):
 
 
 def test_spf_fail_rejected_with_smtp_reply(milter):
-    raw = b"From: x@spf-fail.example\r\nSubject: hi\r\n\r\nbody\r\n"
-    result = send(milter.socket, ip="192.0.2.1", helo="mail.example.org", mail_from="x@spf-fail.example",
-                  headers=headers_of(raw), body=b"body\r\n", queue_id="QREJ1")
+    result = send_short(milter, "x@spf-fail.example", "QREJ1")
     assert result.final.code == c.SMFIR_REPLYCODE
     assert result.final.text.startswith("550 5.7.23 ")
     assert result.modifications == []  # nothing is added to a rejected message
     milter.wait_for_log("queue_id=QREJ1")
-    assert "action=reject" in [ln for ln in milter.log().splitlines() if "queue_id=QREJ1" in ln][0]
+    assert "action=reject" in [ln for ln in milter.log_text().splitlines() if "queue_id=QREJ1" in ln][0]
 
 
 def test_dns_failure_tempfails_when_configured(milter):
-    raw = b"From: x@broken.example\r\nSubject: hi\r\n\r\nbody\r\n"
-    result = send(milter.socket, ip="192.0.2.1", helo="mail.example.org", mail_from="x@broken.example",
-                  headers=headers_of(raw), body=b"body\r\n", queue_id="QTEMP1")
+    result = send_short(milter, "x@broken.example", "QTEMP1")
     assert result.final.code == c.SMFIR_REPLYCODE
     assert result.final.text.startswith("451 4.7.")
 
 
 def test_dmarc_quarantine_holds_the_message_with_headers(milter):
-    raw = b"From: x@q.example\r\nSubject: hi\r\n\r\nbody\r\n"
-    result = send(milter.socket, ip="192.0.2.1", helo="mail.example.org", mail_from="x@q.example",
-                  headers=headers_of(raw), body=b"body\r\n", queue_id="QQUAR1")
+    result = send_short(milter, "x@q.example", "QQUAR1")
     assert result.final.code == c.SMFIR_ACCEPT
     assert result.quarantine_reason()
     [ar] = [value for _, name, value in result.inserted() if name == "Authentication-Results"]
@@ -332,9 +291,9 @@ def _free_port() -> int:
 
 def test_inet_socket_serves_with_nodelay(tmp_path, dns):
     port = _free_port()
-    daemon = Daemon(tmp_path, config_text(f"inet:{port}@127.0.0.1", dns)).start()
+    daemon = adapter_daemon(tmp_path, config_text(f"inet:{port}@127.0.0.1", dns)).start()
     try:
-        assert "TCP_NODELAY set on 1 listening socket(s)" in daemon.log()
+        assert "TCP_NODELAY set on 1 listening socket(s)" in daemon.log_text()
         result = send(("127.0.0.1", port), ip="192.0.2.1", helo="mail.example.org", mail_from="alice@example.org",
                       headers=headers_of(PLAIN), body=b"Hi Bob.\r\n", queue_id="QINET1")
         assert result.final.code == c.SMFIR_ACCEPT
@@ -348,19 +307,19 @@ def test_stale_socket_is_replaced_and_sigterm_stops_cleanly(tmp_path, dns):
     stale = socket.socket(socket.AF_UNIX)
     stale.bind(str(sock))
     stale.close()  # the file stays, nobody listens: what a killed process leaves behind
-    daemon = Daemon(tmp_path, config_text(f"unix:{sock}", dns)).start()
+    daemon = adapter_daemon(tmp_path, config_text(f"unix:{sock}", dns)).start()
     result = send(str(sock), ip="192.0.2.1", helo="mail.example.org", mail_from="alice@example.org",
                   headers=headers_of(PLAIN), body=b"Hi Bob.\r\n", queue_id="QSTALE1")
     assert result.final.code == c.SMFIR_ACCEPT
     assert daemon.stop() == 0
-    log = daemon.log()
+    log = daemon.log_text()
     assert "SIGTERM received: stopping" in log and "authmilter stopped" in log
     assert "Traceback" not in log
     assert not sock.exists()
 
 
 def test_second_instance_refuses_to_steal_a_live_socket(milter, tmp_path, dns):
-    daemon = Daemon(tmp_path, config_text(f"unix:{milter.socket}", dns))
+    daemon = adapter_daemon(tmp_path, config_text(f"unix:{milter.socket}", dns))
     done = subprocess.run([sys.executable, "-m", "authmilter", "run", "--config", str(daemon.config_path)],
                           capture_output=True, text=True, timeout=60,
                           env={**os.environ, "PYTHONPATH": f"{ROOT}:{ROOT / 'milter'}"})
@@ -371,7 +330,7 @@ def test_second_instance_refuses_to_steal_a_live_socket(milter, tmp_path, dns):
 
 def test_sigusr1_reload_applies_to_new_messages_only(tmp_path, dns):
     sock = tmp_path / "reload.sock"
-    daemon = Daemon(tmp_path, config_text(f"unix:{sock}", dns)).start()
+    daemon = adapter_daemon(tmp_path, config_text(f"unix:{sock}", dns)).start()
     try:
         before = client(str(sock))
         before.connect("unknown", "192.0.2.1")
@@ -444,7 +403,7 @@ def test_internal_error_answers_error_action_and_logs_queue_id(tmp_path, dns, er
     launcher.write_text(FAULTY_LAUNCHER)
     sock = tmp_path / "faulty.sock"
     config = config_text(f"unix:{sock}", dns).replace("[dns]", f"error_action = {error_action}\n[dns]")
-    daemon = Daemon(tmp_path, config, launcher=launcher).start()
+    daemon = adapter_daemon(tmp_path, config, launcher=launcher).start()
     try:
         result = send(str(sock), ip="192.0.2.1", helo="mail.example.org", mail_from="alice@example.org",
                       headers=list(EXPLODING), body=b"x\r\n", queue_id="QERR1")
@@ -475,7 +434,7 @@ def _capped_message():
 def test_header_cap_rejects_by_default_with_552_and_logs_the_reason(tmp_path, dns):
     sock = tmp_path / "cap.sock"
     config = config_text(f"unix:{sock}", dns).replace("[dns]", "max_header_bytes = 1024\n[dns]")
-    daemon = Daemon(tmp_path, config).start()
+    daemon = adapter_daemon(tmp_path, config).start()
     try:
         result = send(str(sock), ip="192.0.2.1", helo="mail.example.org", mail_from="alice@example.org",
                       headers=_capped_message(), body=b"Hi Bob.\r\n", queue_id="QCAP0")
@@ -493,7 +452,7 @@ def test_header_cap_accept_records_why_and_still_removes_forged_ar_past_the_cap(
     sock = tmp_path / "cap.sock"
     config = config_text(f"unix:{sock}", dns).replace(
         "[dns]", "max_header_bytes = 1024\nheader_limit_action = accept\n[dns]")
-    daemon = Daemon(tmp_path, config).start()
+    daemon = adapter_daemon(tmp_path, config).start()
     try:
         result = send(str(sock), ip="192.0.2.1", helo="mail.example.org", mail_from="alice@example.org",
                       headers=_capped_message(), body=b"Hi Bob.\r\n", queue_id="QCAP1")

@@ -16,7 +16,7 @@ import authres
 import pytest
 
 from bench.milterclient import MilterClient, split_message
-from tests.daemonrunner import DaemonRunner, inserted
+from tests.daemonrunner import DaemonRunner
 from tests.dnsserver import DnsServer
 from tests.hostile import signing
 
@@ -102,7 +102,7 @@ class Load:
                     record.answered_before_signal = not self.signal_sent.is_set()
                     record.reply_text = outcome.reply_text
                     record.answered_after_reload = self.reloaded.is_set()
-                    record.ar_values = tuple(inserted(outcome.modifications, "Authentication-Results"))
+                    record.ar_values = tuple(outcome.added_values("Authentication-Results"))
                     self._note(record)
                     if sequence == 1:
                         self.first_round.release()
@@ -219,7 +219,7 @@ def test_200_connections_reload_in_the_middle_and_clean_stop(tmp_path):
         assert [r for (m, _), r in results.items() if m == "dkim"] == ["pass" if record.signed else "none"], record
 
     assert after_dns_change.reply == "accept"
-    [third] = inserted(after_dns_change.modifications, "Authentication-Results")
+    [third] = after_dns_change.added_values("Authentication-Results")
     assert authserv_id(third) == THIRD_ID
     assert "dkim=pass" in third and "spf=pass" in third
 
@@ -245,7 +245,7 @@ def test_sigterm_while_connections_are_open_stops_cleanly(tmp_path):
                                                  mail_from=f"a@{DOMAIN}", rcpts=["b@example.net"],
                                                  headers=headers, body=body, queue_id="IDLE1")
                 assert outcome.reply == "accept"
-                assert [authserv_id(v) for v in inserted(outcome.modifications, "Authentication-Results")] \
+                assert [authserv_id(v) for v in outcome.added_values("Authentication-Results")] \
                     == [OLD_ID]
                 status = daemon.stop()
             finally:

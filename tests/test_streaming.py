@@ -176,11 +176,11 @@ def _dkim_part(ar: str) -> list[str]:
 
 
 def test_daemon_streams_a_multi_megabyte_signed_message_and_agrees_with_check(tmp_path, keyed_dns):
-    from tests.test_adapter import Daemon, config_text, headers_of, send
+    from tests.test_adapter import adapter_daemon, config_text, headers_of, send
 
     raw = multi_signed((b"Line with  spaces \t\r\n" * 50 + b"\r\n") * 2500)  # ~2.6 MB
     sock = tmp_path / "stream.sock"
-    daemon = Daemon(tmp_path, config_text(f"unix:{sock}", keyed_dns)).start()
+    daemon = adapter_daemon(tmp_path, config_text(f"unix:{sock}", keyed_dns)).start()
     try:
         body = raw.split(b"\r\n\r\n", 1)[1]
         result = send(str(sock), ip="192.0.2.1", helo="mail.example.org", mail_from="alice@example.org",

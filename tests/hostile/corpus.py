@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from bench.milterclient import split_message
 from tests.hostile import signing
 
 CLIENT_IP = "192.0.2.1"
@@ -71,24 +72,6 @@ class Case:
     known_bug: str = ""
 
 
-def postfix_headers(raw: bytes) -> tuple[tuple[bytes, bytes], ...]:
-    """Header fields of a CRLF message as Postfix sends them to a milter (LEADSPC; folds become LF + WSP)."""
-    head = raw.partition(b"\r\n\r\n")[0]
-    headers: list[tuple[bytes, bytes]] = []
-    for line in head.split(b"\r\n"):
-        if line[:1] in (b" ", b"\t") and headers:
-            name, value = headers[-1]
-            headers[-1] = (name, value + b"\n" + line)
-        else:
-            name, _, value = line.partition(b":")
-            headers.append((name, value))
-    return tuple(headers)
-
-
-def body_of(raw: bytes) -> bytes:
-    return raw.partition(b"\r\n\r\n")[2]
-
-
 BASE = (
     (b"From", b" Alice <alice@example.org>"),
     (b"To", b" bob@example.net"),
@@ -114,13 +97,14 @@ def dkim(value: bytes) -> tuple[bytes, bytes]:
     return (b"DKIM-Signature", value)
 
 
-_SIGNED = signing.sign(signing.simple_message("alice@example.org", subject="signed"), GOOD_DOMAIN)
+_SIGNED_HEADERS, _SIGNED_BODY = split_message(
+    signing.sign(signing.simple_message("alice@example.org", subject="signed"), GOOD_DOMAIN))
 _SIGNED_ED = b" v=1; a=ed25519-sha256; c=relaxed/relaxed; d=example.org; s=h8; h=from:to:subject; bh=" \
              b"47DEQpj8HBSa+/TrmP7QmSZ2XIdOtUUXyCwMdE9QKgk=; b="
 
 CASES: tuple[Case, ...] = (
     # ---------------------------------------------------------------- controls
-    Case("signed control", postfix_headers(_SIGNED), body_of(_SIGNED), expect=Expect(dkim=1, dmarc="pass")),
+    Case("signed control", tuple(_SIGNED_HEADERS), _SIGNED_BODY, expect=Expect(dkim=1, dmarc="pass")),
     Case("unsigned control", BASE, expect=Expect(dmarc="pass")),
 
     # ---------------------------------------------------------------- broken MIME
