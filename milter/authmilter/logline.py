@@ -7,6 +7,7 @@ neither start a new log line nor fake a key. Every value is bounded.
 
 from __future__ import annotations
 
+import functools
 import re
 import unicodedata
 from collections.abc import Iterable
@@ -57,6 +58,14 @@ def format_value(value: object) -> str:
 
 
 def format_key(key: str) -> str:
+    if len(key) > 64:
+        return _KEY_JUNK.sub("_", key.lower())[:64] or "_"  # never one of ours: not worth a cache slot
+    return _format_key(key)
+
+
+# Keys come from our code (a few dozen), and each is formatted twice per message: memoized, bounded above.
+@functools.lru_cache(maxsize=512)
+def _format_key(key: str) -> str:
     return _KEY_JUNK.sub("_", key.lower())[:64] or "_"
 
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import functools
 import re
 from dataclasses import dataclass
 
@@ -92,17 +93,46 @@ def _b64(value: bytes, tag: str) -> bytes:
         raise SignatureProblem(Status.NEUTRAL, f"{tag}= is not base64") from None
 
 
+# Each signature is read at end of headers (which body hashes to compute) and again at end of message (to verify):
+# the tag parse and the display fields are pure functions of the value, so the second read is a cache hit. Only
+# values of a plausible size are cached (a real DKIM-Signature is under 1 KB), which bounds the cache's memory.
+_MEMO_MAX_BYTES = 4096
+
+
 def identity_of(header_value: bytes) -> tuple[Identity, dict | None]:
     """Best-effort display fields, and the tag dict when the tag list parses (None otherwise).
 
     dkimpy's parser raises InvalidTagValueList (duplicate tag, a spec without "="); the caller maps it.
     """
+    if len(header_value) > _MEMO_MAX_BYTES:
+        return _identity_of(header_value)
+    ident, tags = _identity_of_memo(bytes(header_value))
+    return ident, dict(tags)  # a copy: callers own their tag dict
+
+
+def _identity_of(header_value: bytes) -> tuple[Identity, dict]:
     tags = parse_tag_value(header_value)
     return _identity(tags), tags
 
 
+@functools.lru_cache(maxsize=64)
+def _identity_of_memo(header_value: bytes) -> tuple[Identity, dict]:
+    return _identity_of(header_value)
+
+
 def lenient_identity(header_value: bytes) -> Identity:
     """Display fields of a signature whose tag list does not parse: first occurrence of each tag wins."""
+    if len(header_value) > _MEMO_MAX_BYTES:
+        return _lenient_identity(header_value)
+    return _lenient_identity_memo(bytes(header_value))
+
+
+@functools.lru_cache(maxsize=64)
+def _lenient_identity_memo(header_value: bytes) -> Identity:
+    return _lenient_identity(header_value)
+
+
+def _lenient_identity(header_value: bytes) -> Identity:
     tags: dict[bytes, bytes] = {}
     for spec in header_value.split(b";"):
         name, eq, value = spec.partition(b"=")

@@ -13,6 +13,7 @@ holding a special character, bytes that are not UTF-8, control characters, and a
 
 from __future__ import annotations
 
+import functools
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -66,6 +67,14 @@ def parse_from_value(raw: bytes) -> FromParse:
     """Parse one From field value as received (leading space and CRLF folding kept)."""
     if len(raw) > MAX_FROM_BYTES:
         return FromParse(error="From header too long")
+    return _parse_bounded(bytes(raw))
+
+
+# A message's From is read three times (the body hasher's signature ordering at end of headers, the dkim step's
+# ordering, and DMARC); the parse is pure and its result frozen, so identical bytes are parsed once. Keys are at
+# most MAX_FROM_BYTES (longer values are refused above), so the cache is bounded in memory too.
+@functools.lru_cache(maxsize=256)
+def _parse_bounded(raw: bytes) -> FromParse:
     try:
         text = raw.decode("utf-8")
     except UnicodeDecodeError:
