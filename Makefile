@@ -50,8 +50,8 @@ test-unit: deps
 test-e2e: deps
 	$(PY) -m pytest -q -p no:cacheprovider -m e2e tests
 
-# OpenDKIM + OpenDMARC are only the yardstick: installed for `make bench`, never needed to run authmilter.
-BENCH_PACKAGES := opendkim opendmarc
+# OpenDKIM + OpenDMARC and dkimpy-milter are only yardsticks: installed for `make bench`, never needed to run authmilter.
+BENCH_PACKAGES := opendkim opendmarc dkimpy-milter
 
 bench: deps
 	@missing=""; for p in $(BENCH_PACKAGES); do \

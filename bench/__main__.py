@@ -44,7 +44,7 @@ def main(argv: list[str]) -> int:
     parser.add_argument("--no-postfix", action="store_true", help="skip the through-Postfix part")
     parser.add_argument("--no-memory", action="store_true", help="skip the memory cases")
     parser.add_argument("--only", action="append", default=[], metavar="MILTER",
-                        help="measure only this contender (authmilter, null-pymilter, opendkim+opendmarc)")
+                        help="measure only this contender (authmilter, null-pymilter, opendkim+opendmarc, dkimpy-milter)")
     args = parser.parse_args(argv)
     if os.geteuid() != 0:
         print("make bench needs root (network namespace, OpenDKIM, Postfix)", file=sys.stderr)
@@ -72,6 +72,10 @@ def main(argv: list[str]) -> int:
             contenders.append(("opendkim+opendmarc", milters.start_opendkim_opendmarc))
         else:
             print("(OpenDKIM/OpenDMARC not installed: `make bench` installs them from Debian)")
+        if milters.dkimpy_milter_available():
+            contenders.append(("dkimpy-milter", milters.start_dkimpy_milter))
+        else:
+            print("(dkimpy-milter not installed: `make bench` installs it from Debian)")
         if args.only:
             contenders = [c for c in contenders if c[0] in args.only]
         serial = 0

@@ -158,5 +158,31 @@ RejectFailures false
     return RunningMilter("opendkim+opendmarc", [str(dkim_sock), str(dmarc_sock)], [dkim, dmarc])
 
 
+def dkimpy_milter_available() -> bool:
+    return bool(shutil.which("dkimpy-milter"))
+
+
+def start_dkimpy_milter(workdir: Path) -> RunningMilter:
+    """Debian's dkimpy-milter in verify mode: the Python milter the brief compares us with (DKIM only)."""
+    sock = workdir / "dkimpy.sock"
+    conf = workdir / "dkimpy-milter.conf"
+    conf.write_text(f"""Mode v
+Socket local:{sock}
+UMask 000
+UserID root
+AuthservID mx.bench.example
+Syslog no
+PidFile {workdir}/dkimpy-milter.pid
+InternalHosts {workdir}/internal
+MinimumKeyBits 1024
+""")
+    # The benchmark's loopback client must not be "internal" (dkimpy-milter would skip verifying).
+    (workdir / "internal").write_text("192.0.2.255\n")
+    log = workdir / "dkimpy.log"
+    process = subprocess.Popen(["dkimpy-milter", str(conf)], stdout=log.open("ab"), stderr=subprocess.STDOUT)
+    _wait_for_socket(sock, process, log)
+    return RunningMilter("dkimpy-milter", [str(sock)], [process])
+
+
 __all__ = ["RunningMilter", "start_authmilter", "start_nullmilter", "start_opendkim_opendmarc",
            "opendkim_available", "corpus"]
