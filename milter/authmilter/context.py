@@ -59,6 +59,11 @@ class Header:
         return self.name.strip().lower() == name.lower().encode("ascii")
 
 
+# The result reason of every header-based check when the header byte cap cut the header: what was kept proves
+# nothing (a From, a signature or a second From may lie past the cap).
+HEADER_LIMIT = "header limit"
+
+
 @dataclass(frozen=True, slots=True)
 class Message:
     """The message content: headers in order and the body with CRLF line ends.
@@ -69,7 +74,7 @@ class Message:
 
     headers: tuple[Header, ...] = ()
     body: bytes = b""
-    headers_truncated: bool = False   # the header byte cap was reached; later headers were not kept
+    headers_truncated: bool = False   # the header byte cap was reached; later headers were not kept (HEADER_LIMIT)
     # None: `body` holds the body. Otherwise the body was streamed and these are the only traces of it: one
     # (key, hash) pair per DKIM body hash the evaluated signatures need (a tuple, so Message stays hashable).
     body_hashes: tuple[tuple[BodyHashKey, BodyHash], ...] | None = None

@@ -25,13 +25,13 @@ from authmilter.checks import sender as sender_check
 from authmilter.checks import spf as spf_check
 from authmilter.checks import srs as srs_check
 from authmilter.checks.dkim import DkimResult
+from authmilter.checks.dkim_body import BodyHashKey
 from authmilter.checks.dmarc import DmarcResult
 from authmilter.checks.iprev import IprevResult
 from authmilter.checks.sender import SenderDomainResult
 from authmilter.checks.spf import SpfResult
 from authmilter.checks.srs import SrsInfo
 from authmilter.config import Config, TrustSection
-from authmilter.checks.dkim_body import BodyHashKey
 from authmilter.context import Connection, Message, MessageContext
 from authmilter.errors import AuthmilterError
 from authmilter.resolver import DnsClient
@@ -131,10 +131,6 @@ def _run_dkim(i: Inputs) -> DkimResult:
 
 
 def _run_dmarc(i: Inputs) -> DmarcResult:
-    if i.ctx.message.headers_truncated:
-        # The From header may lie past the cap, or a second From may: "no From" or an author domain read from
-        # what was kept would both be guesses, so no policy is looked up.
-        return DmarcResult(Status.PERMERROR, reason=dkim_check.HEADER_LIMIT)
     return dmarc_check.check_dmarc(i.ctx.message, i.done["spf"], i.done["dkim"], i.dns, i.cfg.dmarc)
 
 

@@ -31,7 +31,7 @@ from authmilter.checks.dkim_key import KeyProblem, PublicKey, fetch_key_record, 
 from authmilter.checks.dkim_sig import (Identity, ParsedSignature, SignatureProblem, identity_of, lenient_identity,
                                         parse_signature)
 from authmilter.config import DkimSection
-from authmilter.context import Header, Message
+from authmilter.context import HEADER_LIMIT, Header, Message
 from authmilter.resolver import DnsClient
 from authmilter.results import AREntry, Dnssec, Property, Status, weakest
 
@@ -179,7 +179,6 @@ if _PREHASHED:
 # ---------------------------------------------------------------- the check
 
 MAX_RANKED = 100  # DKIM-Signature fields read to find the aligned ones; legitimate mail carries a handful
-HEADER_LIMIT = "header limit"  # reason when the header byte cap cut the header: what was kept proves nothing
 
 Chosen = tuple[tuple[int, Header], ...]
 

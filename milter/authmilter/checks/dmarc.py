@@ -10,7 +10,7 @@ from authmilter.checks.fromheader import FromParse, parse_from_headers
 from authmilter.checks.orgdomain import (Discovery, PolicyLookups, TemporaryFailure, discover,
                                          organizational_domain)
 from authmilter.config import DmarcSection
-from authmilter.context import Message
+from authmilter.context import HEADER_LIMIT, Message
 from authmilter.resolver import DnsClient, Outcome
 from authmilter.results import AREntry, Dnssec, Property, Status, weakest
 
@@ -99,6 +99,10 @@ def author_domain(msg: Message) -> str | None:
 def check_dmarc(msg: Message, spf: SpfResult | None, dkim: DkimResult | None, dns: DnsClient,
                 cfg: DmarcSection) -> DmarcResult:
     """Evaluate DMARC for one message from the SPF and DKIM results already computed."""
+    if msg.headers_truncated:
+        # The From header may lie past the cap, or a second From may: "no From" or an author domain read from
+        # what was kept would both be guesses, so no policy is looked up.
+        return DmarcResult(Status.PERMERROR, reason=HEADER_LIMIT)
     parsed: FromParse = parse_from_headers(msg.get_all("From"))
     if not parsed.ok:
         # RFC 9989 §4.4 leaves a message without one usable author domain to local policy; the issue (and the
