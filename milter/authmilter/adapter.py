@@ -14,7 +14,6 @@ from __future__ import annotations
 import functools
 import ipaddress
 import logging
-import re
 import sys
 import time
 from typing import Callable
@@ -48,17 +47,6 @@ MACROS = (
     (Milter.M_ENVRCPT, "{i}"),
     (Milter.M_EOM, "{i}"),
 )
-
-_ODD_PERCENT = re.compile(r"(?<!%)%(?:%%)*(?!%)")
-
-
-def reply_text(text: str) -> str:
-    """Text safe for smfi_setreply: one line, and no lone '%' (libmilter silently drops such a reply)."""
-    text = " ".join(text.replace("\0", " ").splitlines()).strip()
-    if _ODD_PERCENT.search(text):
-        text = text.replace("%", "%%")
-    return text
-
 
 def restore_folding(value: bytes, leading_space: bool) -> bytes:
     """Postfix hands folded values with bare LF; the signed bytes had CRLF before each continuation."""
@@ -289,7 +277,7 @@ class AuthMilter(Milter.Base):
         if judgement.ar_value:
             self.addheader(AR_NAME, judgement.ar_value, 0)
         if verdict.action is Action.QUARANTINE:
-            self.quarantine(reply_text(verdict.text or verdict.reason) or "authmilter")
+            self.quarantine(verdict.text or verdict.reason or "authmilter")
         return Milter.ACCEPT
 
     def _remove_forged(self, tx: _Transaction) -> None:
@@ -305,7 +293,8 @@ class AuthMilter(Milter.Base):
         return Milter.TEMPFAIL
 
     def _set_reply(self, code: str, status: str, text: str) -> None:
-        self.setreply(code, status or None, reply_text(text) or None)
+        # Verdict texts are already safe for libmilter (policy.safe_reply_text: one line, every '%' doubled).
+        self.setreply(code, status or None, text or None)
 
     # -- failures of our own code
 
