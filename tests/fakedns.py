@@ -13,7 +13,7 @@ may be str or bytes, or a tuple of strings (several character-strings of one rec
 
 from __future__ import annotations
 
-from authmilter.resolver import Answer, Outcome
+from authmilter.resolver import Answer, Outcome, to_a_labels
 from authmilter.results import Dnssec
 
 
@@ -36,7 +36,8 @@ class FakeDns:
         return self._expired
 
     def query(self, name: str, rdtype: str) -> Answer:
-        name = name.lower().rstrip(".")
+        # As the real resolver does (the DnsClient contract): internationalized names are asked as A-labels.
+        name = ((to_a_labels(name) or "") if not name.isascii() else name).lower().rstrip(".")
         rdtype = rdtype.upper()
         if not name or len(name) > 253 or any(not label or len(label) > 63 for label in name.split(".")):
             return Answer(name, rdtype, Outcome.INVALID_NAME, detail="invalid name")

@@ -98,6 +98,10 @@ GOLDEN = [
     ("quoted local part and escapes", [spf_entry('"john smith"@example.org')],
      ' mx.example.net;\n\tspf=pass (dnssec=insecure) smtp.mailfrom="\\"john smith\\"@example.org"',
      [("spf", "pass", [("smtp", "mailfrom", '"john smith"@example.org')])]),
+    # IDNA 2008, as the resolver asks: "straße" is its own domain (IDNA 2003 would have made it "strasse").
+    ("A-labels are the ones the lookup used", [spf_entry("user@straße.example")],
+     " mx.example.net;\n\tspf=pass (dnssec=insecure) smtp.mailfrom=user@xn--strae-oqa.example",
+     [("spf", "pass", [("smtp", "mailfrom", "user@xn--strae-oqa.example")])]),
     ("internationalized domain becomes A-labels", [spf_entry("user@bücher.example")],
      " mx.example.net;\n\tspf=pass (dnssec=insecure) smtp.mailfrom=user@xn--bcher-kva.example",
      [("spf", "pass", [("smtp", "mailfrom", "user@xn--bcher-kva.example")])]),

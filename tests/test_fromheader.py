@@ -25,6 +25,7 @@ GOOD = [
     (b" =?utf-8?q?J=C3=B6rg?= <joerg@example.com>", "example.com"),
     (b" =?UTF-8?B?w4Rnbm9z?= <a@example.com>", "example.com"),
     (" Jörg <joerg@bücher.example>".encode(), "xn--bcher-kva.example"),
+    (" <a@Straße.example>".encode(), "xn--strae-oqa.example"),  # IDNA 2008, the name the lookup asks for
     (" jörg@example.com".encode(), "example.com"),
     (b' "john doe"@example.com', "example.com"),
     (b" user@example.com (John Doe)", "example.com"),

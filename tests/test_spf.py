@@ -463,6 +463,17 @@ def test_internationalized_names_appear_as_a_labels():
     assert "domain of j?rg@xn--bcher-kva.example does not designate" in comment
 
 
+def test_received_spf_names_the_domain_that_was_looked_up():
+    """IDNA 2008, as the resolver asks: "straße" is its own domain, not "strasse" (Python's IDNA 2003 codec)."""
+    zone = {"xn--strae-oqa.example": {"TXT": ["v=spf1 -all"]}}
+    conn = Connection(ipaddress.ip_address(IP_BAD), helo="mx.straße.example")
+    env = Envelope("a@straße.example")
+    result = check_spf(conn, env, FakeDns(zone), NO_HELO)
+    assert result.mailfrom.status is Status.FAIL
+    word, comment, pairs = parse_received_spf(received_spf_header(result, conn, env, "mx.example.net"))
+    assert (pairs["envelope-from"], pairs["helo"]) == ("a@xn--strae-oqa.example", "mx.xn--strae-oqa.example")
+
+
 @pytest.mark.parametrize("mail_from, helo, mailfrom_value, helo_value", [
     ("user@example.org", "helo.example.net", "user@example.org", "helo.example.net"),
     ("a;b(c)@example.org", "x;y(z).example.net", "a;b(c)@example.org", "x;y(z).example.net"),

@@ -18,6 +18,7 @@ import unicodedata
 from collections.abc import Iterable, Sequence
 from typing import TYPE_CHECKING
 
+from authmilter.resolver import to_a_labels
 from authmilter.results import AREntry, Status
 
 if TYPE_CHECKING:
@@ -62,10 +63,7 @@ def _visible(text: str) -> str:
 def _ascii_domain(domain: str) -> str:
     if domain.isascii() or not _DOMAINISH.fullmatch(domain):
         return domain
-    try:
-        return domain.encode("idna").decode("ascii")
-    except UnicodeError:
-        return domain
+    return to_a_labels(domain) or domain  # not a valid IDN: _ascii() marks the odd characters
 
 
 def _ascii(text: str) -> str:

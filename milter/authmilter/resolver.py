@@ -189,6 +189,15 @@ def to_query_name(name: str) -> dns.name.Name | str:
         return str(exc) or type(exc).__name__
 
 
+def to_a_labels(name: str) -> str | None:
+    """The name as the DNS will be asked for it: every non-ASCII label as its A-label (IDNA 2008, UTS-46), ASCII
+    labels unchanged, no trailing dot; None when it cannot be a DNS name. Checks and headers use this one
+    conversion, so a header names exactly the domain that was looked up (Python's "idna" codec is IDNA 2003:
+    it would turn "straße" into "strasse", another domain)."""
+    qname, text = _query_name_and_text(name)
+    return None if isinstance(qname, str) else text
+
+
 def _query_name_and_text(name: str) -> tuple[dns.name.Name | str, str]:
     """to_query_name() and the name's text, memoized for the few names every message asks (the sender's domain,
     its _dmarc and _domainkey names, the client's PTR name): building a dns.name.Name is most of a cached

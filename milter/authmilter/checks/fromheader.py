@@ -19,10 +19,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from email.header import decode_header
 
-import dns.exception
-import dns.name
-
 from authmilter.context import Header
+from authmilter.resolver import to_a_labels
 
 MAX_FROM_BYTES = 4096  # far beyond any honest From; bounds the work an attacker can ask of us
 
@@ -311,10 +309,10 @@ def _decode_payload(payload: bytes, charset: str | None) -> str:
 def _normalize_domain(domain: str) -> str:
     """Lowercase A-labels, or _Reject when the domain is not a usable host name (RFC 1123 §2.1)."""
     if not domain.isascii():
-        try:
-            domain = dns.name.from_unicode(domain).to_text(omit_final_dot=True)
-        except (dns.exception.DNSException, UnicodeError, ValueError):
-            raise _Reject("From domain is not a valid IDN") from None
+        converted = to_a_labels(domain)
+        if converted is None:
+            raise _Reject("From domain is not a valid IDN")
+        domain = converted
     domain = domain.lower()
     labels = domain.split(".")
     if len(domain) > 253 or not all(_LABEL.match(label) for label in labels):

@@ -12,7 +12,7 @@ import spf as pyspf
 
 from authmilter.config import SpfSection
 from authmilter.context import Connection, Envelope
-from authmilter.resolver import Answer, DnsClient, Outcome
+from authmilter.resolver import Answer, DnsClient, Outcome, to_a_labels
 from authmilter.results import AREntry, Dnssec, Property, Status, weakest
 
 log = logging.getLogger(__name__)
@@ -261,10 +261,7 @@ def _a_labels(domain: str) -> str:
     """An internationalized domain in its ASCII form (RFC 5890), so that the header stays ASCII and exact."""
     if domain.isascii():
         return domain
-    try:
-        return domain.encode("idna").decode("ascii")
-    except UnicodeError:
-        return domain  # not a valid IDN: _printable() will mark the odd characters
+    return to_a_labels(domain) or domain  # not a valid IDN: _printable() will mark the odd characters
 
 
 def _ascii_address(address: str) -> str:
