@@ -12,6 +12,13 @@ if TYPE_CHECKING:
 IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
 
 
+def unmapped(ip: IPAddress | None) -> IPAddress | None:
+    """An IPv4 client seen through a dual-stack socket arrives as ::ffff:a.b.c.d; checks want a.b.c.d."""
+    if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
+        return ip.ipv4_mapped
+    return ip
+
+
 @dataclass(frozen=True, slots=True)
 class Connection:
     """What is known once the client has connected and said HELO/EHLO (one per SMTP session)."""

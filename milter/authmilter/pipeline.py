@@ -32,7 +32,7 @@ from authmilter.checks.sender import SenderDomainResult
 from authmilter.checks.spf import SpfResult
 from authmilter.checks.srs import SrsInfo
 from authmilter.config import Config, TrustSection
-from authmilter.context import Connection, Message, MessageContext
+from authmilter.context import Connection, Message, MessageContext, unmapped
 from authmilter.errors import AuthmilterError
 from authmilter.resolver import DnsClient
 from authmilter.results import Dnssec, Status, weakest
@@ -164,10 +164,9 @@ def skip_reason(conn: Connection, trust: TrustSection) -> str:
 
 
 def _in_networks(ip: ipaddress.IPv4Address | ipaddress.IPv6Address, networks: Sequence) -> bool:
-    candidates = [ip]
-    # A dual-stack socket reports IPv4 clients as ::ffff:a.b.c.d; the operator wrote a.b.c.d/n.
-    if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
-        candidates.append(ip.ipv4_mapped)
+    # A dual-stack socket reports IPv4 clients as ::ffff:a.b.c.d; the operator wrote a.b.c.d/n (or the mapped
+    # form: both are tried).
+    candidates = {ip, unmapped(ip)}
     return any(candidate in network for candidate in candidates for network in networks)
 
 

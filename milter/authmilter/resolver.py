@@ -77,6 +77,11 @@ class Answer:
     def ok(self) -> bool:
         return self.outcome is Outcome.ANSWER
 
+    @property
+    def problem(self) -> str:
+        """What went wrong, for a result's reason: the detail when there is one, else the outcome's name."""
+        return self.detail or self.outcome.value
+
 
 class DnsClient(Protocol):
     """What every check uses for DNS. One instance per message."""

@@ -50,7 +50,7 @@ def fetch_key_record(sig: ParsedSignature, dns: DnsClient) -> tuple[bytes, Dnsse
     if answer.outcome.is_temporary:
         # §6.1.2: "If the query for the public key fails to respond, the Verifier MAY seek a later verification
         # attempt by returning TEMPFAIL (key unavailable)."
-        raise KeyProblem(Status.TEMPERROR, f"key lookup {answer.detail or answer.outcome.value}", answer.dnssec)
+        raise KeyProblem(Status.TEMPERROR, f"key lookup {answer.problem}", answer.dnssec)
     if answer.outcome is Outcome.INVALID_NAME:
         raise KeyProblem(Status.PERMERROR, "invalid key name", answer.dnssec)
     if not answer.ok or not answer.records:

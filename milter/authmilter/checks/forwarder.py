@@ -7,19 +7,15 @@ record alone, or the HELO name, is whatever the client's owner wants it to be.
 
 from __future__ import annotations
 
-import ipaddress
-
 from authmilter.checks.iprev import IprevResult
 from authmilter.config import ForwardersSection
-from authmilter.context import Connection
+from authmilter.context import Connection, unmapped
 from authmilter.results import Status
 
 
 def match_forwarder(conn: Connection, iprev: IprevResult | None, cfg: ForwardersSection) -> str:
     """A short reason ("network 192.0.2.0/24", "host lists.example.edu"), or "" when not a trusted forwarder."""
-    ip = conn.client_ip
-    if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
-        ip = ip.ipv4_mapped  # a v4 client on a v6 socket must still match a v4 network
+    ip = unmapped(conn.client_ip)  # a v4 client on a v6 socket must still match a v4 network
     if ip is not None:
         for network in cfg.networks:
             if ip.version == network.version and ip in network:

@@ -16,7 +16,7 @@ import ipaddress
 from dataclasses import dataclass
 
 from authmilter.config import IprevSection
-from authmilter.context import Connection, IPAddress
+from authmilter.context import Connection, IPAddress, unmapped
 from authmilter.resolver import Answer, DnsClient
 from authmilter.results import AREntry, Dnssec, Property, Status, weakest
 
@@ -57,13 +57,13 @@ class IprevResult:
 
 def check_iprev(conn: Connection, dns: DnsClient, cfg: IprevSection) -> IprevResult:
     """Forward-confirm the client's reverse DNS; never raises for anything DNS returns."""
-    ip = _effective_ip(conn.client_ip)
+    ip = unmapped(conn.client_ip)  # a v4 client on a v6 socket has its PTR under in-addr.arpa
     if ip is None:
         return IprevResult(Status.NONE, reason="no client IP address")
     client = str(ip)
     reverse = dns.query(ip.reverse_pointer, "PTR")
     if reverse.outcome.is_temporary:
-        return IprevResult(Status.TEMPERROR, client, reason=f"PTR lookup: {_describe(reverse)}",
+        return IprevResult(Status.TEMPERROR, client, reason=f"PTR lookup: {reverse.problem}",
                            dnssec=reverse.dnssec)
     names = _ptr_names(reverse)
     if not names:
@@ -90,7 +90,7 @@ def check_iprev(conn: Connection, dns: DnsClient, cfg: IprevSection) -> IprevRes
     if temporary is not None:
         # RFC 8601 §2.7.3: a transient DNS error leaves the evaluation incomplete; a retry may confirm.
         return IprevResult(Status.TEMPERROR, client,
-                           reason=f"{rdtype} lookup of {printable_name(temporary.name)}: {_describe(temporary)}",
+                           reason=f"{rdtype} lookup of {printable_name(temporary.name)}: {temporary.problem}",
                            dnssec=dnssec, ptr_names=shown, names_ignored=ignored)
     # RFC 8601 §2.7.3: reverse and forward both answered but disagree, or the forward lookup was empty.
     return IprevResult(Status.FAIL, client,
@@ -113,13 +113,6 @@ def _octets(ch: str) -> str:
     return "".join(f"\\{b:03d}" for b in raw)
 
 
-def _effective_ip(ip: IPAddress | None) -> IPAddress | None:
-    # An IPv4 client seen through an IPv6 socket (::ffff:192.0.2.1) has its PTR under in-addr.arpa.
-    if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
-        return ip.ipv4_mapped
-    return ip
-
-
 def _ptr_names(answer: Answer) -> tuple[str, ...]:
     if not answer.ok:
         return ()
@@ -138,10 +131,6 @@ def _contains(answer: Answer, ip: IPAddress) -> bool:
         except ValueError:
             continue  # an unusable record is simply not a match
     return False
-
-
-def _describe(answer: Answer) -> str:
-    return answer.detail or str(answer.outcome)
 
 
 def _count(n: int) -> str:

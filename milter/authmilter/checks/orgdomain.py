@@ -49,7 +49,7 @@ class PolicyLookups:
         if answer.outcome is not Outcome.INVALID_NAME:
             self.dnssec.append(answer.dnssec)
         if answer.outcome.is_temporary:
-            return TemporaryFailure(name, answer.detail or answer.outcome.value)
+            return TemporaryFailure(name, answer.problem)
         if answer.outcome is not Outcome.ANSWER:
             return RecordSet()  # NXDOMAIN, NODATA, or a name too long to ask: no record there
         return select_record(answer.records)

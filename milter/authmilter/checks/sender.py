@@ -65,7 +65,7 @@ def check_sender_domain(env: Envelope, dns: DnsClient) -> SenderDomainResult | N
         # The name does not exist, so A and AAAA cannot either: no need to ask.
         return SenderDomainResult(domain, no_address=True, reason="domain does not exist", dnssec=mx.dnssec)
     if mx.outcome.is_temporary:
-        return SenderDomainResult(domain, temporary=True, reason=f"MX lookup: {_describe(mx)}",
+        return SenderDomainResult(domain, temporary=True, reason=f"MX lookup: {mx.problem}",
                                   dnssec=mx.dnssec)
 
     # RFC 5321 §5.1: no MX records, so the domain's own address records are its implicit MX.
@@ -78,7 +78,7 @@ def check_sender_domain(env: Envelope, dns: DnsClient) -> SenderDomainResult | N
     dnssec = weakest(*(a.dnssec for a in answers))
     failed = next((a for a in answers if a.outcome.is_temporary), None)
     if failed is not None:
-        return SenderDomainResult(domain, temporary=True, reason=f"{failed.rdtype} lookup: {_describe(failed)}",
+        return SenderDomainResult(domain, temporary=True, reason=f"{failed.rdtype} lookup: {failed.problem}",
                                   dnssec=dnssec)
     return SenderDomainResult(domain, no_address=True, reason="no MX, A or AAAA record", dnssec=dnssec)
 
@@ -97,7 +97,3 @@ def _is_null_mx(answer: Answer) -> bool:
     # RFC 7505 §3: a null MX is a single MX record with preference 0 and the root as exchange; a domain that
     # mixes "." with real exchanges is misconfigured but still has somewhere to send bounces.
     return len(answer.records) == 1 and tuple(answer.records[0]) == (0, "")
-
-
-def _describe(answer: Answer) -> str:
-    return answer.detail or str(answer.outcome)

@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 import spf as pyspf
 
 from authmilter.config import SpfSection
-from authmilter.context import Connection, Envelope
+from authmilter.context import Connection, Envelope, unmapped
 from authmilter.resolver import Answer, DnsClient, Outcome, to_a_labels
 from authmilter.results import AREntry, Dnssec, Property, Status, weakest
 
@@ -97,7 +97,7 @@ def _pyspf_lookup(name, qtype, strict=True, timeout=None):
     answer = lookups.query(name, qtype)
     if answer.outcome.is_temporary:
         # RFC 7208 §5: a DNS error other than "no such name" ends the evaluation with temperror.
-        raise pyspf.TempError(f"DNS {answer.detail or answer.outcome.value} for {name}/{qtype}")
+        raise pyspf.TempError(f"DNS {answer.problem} for {name}/{qtype}")
     if not answer.ok:
         # NXDOMAIN and NODATA are void lookups (RFC 7208 §4.6.4); pyspf counts an empty list as one.
         return []
@@ -284,9 +284,7 @@ def _comment_text(text: str) -> str:
 
 def received_spf_header(result: SpfResult, conn: Connection, env: Envelope, authserv_id: str) -> str:
     checked = result.mailfrom
-    ip = conn.client_ip
-    if ip is not None and ip.version == 6 and ip.ipv4_mapped:
-        ip = ip.ipv4_mapped  # pyspf evaluates a mapped address as IPv4, so report what was checked
+    ip = unmapped(conn.client_ip)  # pyspf evaluates a mapped address as IPv4, so report what was checked
     ip_text = str(ip) if ip is not None else "unknown"
     comment = _comment_text(f"{authserv_id}: {_explain(checked, ip_text)}")
     pairs = []
