@@ -15,7 +15,7 @@ import struct
 import threading
 import time
 from collections import OrderedDict
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from enum import StrEnum
 from typing import Callable, Protocol
 
@@ -281,13 +281,6 @@ class _Cache:
         self._lock = threading.Lock()
         # key: (the name's lower-cased labels, rdtype)
         self._entries: OrderedDict[tuple[tuple[bytes, ...], str], tuple[float, Answer]] = OrderedDict()
-
-    def get(self, key: tuple[tuple[bytes, ...], str]) -> Answer | None:
-        found = self.get_entry(key)
-        if found is None:
-            return None
-        answer, ttl = found
-        return replace(answer, ttl=ttl)
 
     def get_entry(self, key: tuple[tuple[bytes, ...], str]) -> tuple[Answer, int] | None:
         """The stored answer and its remaining TTL (the caller builds the one copy it hands out)."""
