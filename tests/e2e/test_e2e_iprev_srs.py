@@ -18,7 +18,7 @@ from tests.e2e.authzones import (PTR_ZONE_DEAD_V4, SRS1_FORWARDER_V4, SRS_FORWAR
                                  TRUSTED_HOST, TRUSTED_HOST_V4, TWO_PTR_V4, UNTRUSTED_V4, keys)
 from tests.e2e.signing import ar_from_header_block, comments, held, message, our_ar, sign
 from tests.e2e.zonedata import (GOOD_V4, GOOD_V6, MISMATCH_V4, PTR_TEMPERROR_V4, RECIPIENT_DOMAIN,
-                                STRANGER_V4)
+                                STRANGER_V4, STRANGER_V6)
 
 pytestmark = pytest.mark.e2e
 
@@ -55,9 +55,10 @@ def test_iprev_pass_names_the_confirmed_host(lab, source, host):
 @pytest.mark.parametrize("source, expected, reason", [
     (MISMATCH_V4, "fail", "not resolving to"),        # PTR mismatch.example.org, whose A is another address
     (STRANGER_V4, "permerror", "no PTR"),             # no PTR record at all
+    (STRANGER_V6, "permerror", "no PTR"),             # the same under ip6.arpa
     (PTR_TEMPERROR_V4, "temperror", "SERVFAIL"),      # PTR fine, its name's zone does not answer
     (PTR_ZONE_DEAD_V4, "temperror", "SERVFAIL"),      # the reverse zone itself does not answer
-], ids=["mismatch", "no-ptr", "forward-temperror", "ptr-zone-temperror"])
+], ids=["mismatch", "no-ptr", "no-ptr-ipv6", "forward-temperror", "ptr-zone-temperror"])
 def test_iprev_failures_are_recorded_and_accepted_by_default(lab, source, expected, reason):
     sent = lab.send(mail_from="user@example.org", source=source)
     ar = delivered_ar(lab, sent)
@@ -66,7 +67,7 @@ def test_iprev_failures_are_recorded_and_accepted_by_default(lab, source, expect
     (comment,) = comments(ar, "iprev")
     assert reason in comment, comment
     log = lab.milter_log(sent)
-    assert (log["iprev"], log["action"]) == (expected, "accept"), log["_line"]
+    assert (log["iprev"], log["client_ip"], log["action"]) == (expected, source, "accept"), log["_line"]
     assert reason in log["iprev_reason"], log["_line"]
 
 
