@@ -6,7 +6,7 @@ PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
 CONFIG ?= config/authmilter.ini
-DEBIAN_PACKAGES := postfix nsd unbound libmilter-dev iproute2 ldnsutils dnsutils procps openssl
+DEBIAN_PACKAGES := postfix nsd unbound libmilter-dev gcc python3-dev python3-venv iproute2 ldnsutils dnsutils procps openssl
 STAMP_DEB := $(VENV)/.debian-packages
 STAMP_PY := $(VENV)/.installed
 
@@ -27,7 +27,7 @@ $(STAMP_DEB):
 	fi
 	@mkdir -p $(VENV) && touch $@
 
-$(STAMP_PY): pyproject.toml $(STAMP_DEB)
+$(STAMP_PY): pyproject.toml setup.py milter/authmilter/_relaxed.c $(STAMP_DEB)
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q -e '.[test]'

@@ -10,7 +10,9 @@ from __future__ import annotations
 import base64
 import dataclasses
 import hashlib
+import random
 import re
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import authres
@@ -25,7 +27,7 @@ from hypothesis import strategies as st
 from authmilter.arheader import render_entries
 from authmilter.checks.dkim import DkimResult, check_dkim
 from authmilter.checks.dkim_body import (BodyCanon, BodyCanonicalizer, BodyHasher, BodyHashKey, HashAlg,
-                                         canonicalize, hash_body)
+                                         canonicalize, hash_body, relax, relax_reference)
 from authmilter.config import DkimSection
 from authmilter.context import Header, Message
 from authmilter.results import Dnssec, Status
@@ -454,6 +456,39 @@ def test_canonicalizer_matches_dkimpy_on_random_bodies(parts, cuts):
     body = b"".join(parts)
     for canon, reference in ((BodyCanon.SIMPLE, Simple), (BodyCanon.RELAXED, Relaxed)):
         assert canonicalize(body, canon, [c for c in cuts if c <= len(body)]) == reference.canonicalize_body(body)
+
+
+@settings(max_examples=400, deadline=None)
+@given(parts=st.lists(st.sampled_from([b"a", b"bc", b" ", b"\t", b"\r", b"\n", b"\r\n", b" \r\n", b"  \t", b"\xff"]),
+                      max_size=60))
+def test_relax_in_c_equals_its_python_definition(parts):
+    chunk = b"".join(parts)
+    assert relax(chunk) == relax_reference(chunk)
+
+
+def test_relax_in_c_at_every_offset_from_its_16_octet_blocks():
+    # The C code tests 16 octets at a time (and peeks at the 17th): put each kind of change on every side of a
+    # block boundary.
+    for pattern in (b" ", b"  ", b"\t", b" \r\n", b"  \r\n", b"\t\r\n", b" \r", b" \rx", b" \n", b"x \t y"):
+        for offset in range(0, 49):
+            for tail in range(0, 21):
+                chunk = b"a" * offset + pattern + b"b" * tail
+                assert relax(chunk) == relax_reference(chunk), (pattern, offset, tail)
+
+
+def test_relax_in_c_on_chunks_long_enough_to_release_the_gil():
+    # Past 8 KB the C code runs without the GIL; feed it from several threads at once.
+    rng = random.Random(5)
+    alphabet = [b"word", b" ", b"  ", b"\t", b" \t ", b"\r\n", b"  \r\n", b"\r", b"\n", b"\x00"]
+    chunks = [b"".join(rng.choice(alphabet) for _ in range(size)) + b"end"
+              for size in (3000, 20000, 70000, 300000)]
+    expected = [relax_reference(chunk) for chunk in chunks]
+    with ThreadPoolExecutor(8) as pool:
+        for _ in range(5):
+            assert list(pool.map(relax, chunks)) == expected
+    assert relax(b"already canonical\r\n") == b"already canonical\r\n"
+    with pytest.raises(TypeError):
+        relax("text")  # type: ignore[arg-type]
 
 
 def test_body_hasher_one_pass_many_keys():
