@@ -476,8 +476,7 @@ def test_relax_in_c_at_every_offset_from_its_16_octet_blocks():
                 assert relax(chunk) == relax_reference(chunk), (pattern, offset, tail)
 
 
-def test_relax_in_c_on_chunks_long_enough_to_release_the_gil():
-    # Past 8 KB the C code runs without the GIL; feed it from several threads at once.
+def test_relax_in_c_on_long_chunks_from_several_threads():
     rng = random.Random(5)
     alphabet = [b"word", b" ", b"  ", b"\t", b" \t ", b"\r\n", b"  \r\n", b"\r", b"\n", b"\x00"]
     chunks = [b"".join(rng.choice(alphabet) for _ in range(size)) + b"end"
