@@ -48,6 +48,12 @@ class Header:
 
     name: bytes
     value: bytes
+    # The name as header lookups compare it (RFC 5322 §1.2.2: case-insensitive), computed once: every check asks
+    # for headers by name, a few dozen times per message.
+    lookup_name: bytes = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "lookup_name", self.name.strip().lower())
 
     @property
     def name_text(self) -> str:
@@ -63,7 +69,7 @@ class Header:
         return self.name + b":" + self.value + b"\r\n"
 
     def is_named(self, name: str) -> bool:
-        return self.name.strip().lower() == name.lower().encode("ascii")
+        return self.lookup_name == name.lower().encode("ascii")
 
 
 # The result reason of every header-based check when the header byte cap cut the header: what was kept proves
@@ -87,7 +93,8 @@ class Message:
     body_hashes: tuple[tuple[BodyHashKey, BodyHash], ...] | None = None
 
     def get_all(self, name: str) -> tuple[Header, ...]:
-        return tuple(h for h in self.headers if h.is_named(name))
+        wanted = name.lower().encode("ascii")
+        return tuple(h for h in self.headers if h.lookup_name == wanted)
 
     def header_bytes(self) -> bytes:
         return b"".join(h.raw() for h in self.headers)

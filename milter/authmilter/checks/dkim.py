@@ -29,7 +29,7 @@ from dkim.util import InvalidTagValueList
 from authmilter.checks.dkim_body import BodyHash, BodyHashKey, hash_body
 from authmilter.checks.dkim_key import KeyProblem, PublicKey, fetch_key_record, parse_key_record
 from authmilter.checks.dkim_sig import (Identity, ParsedSignature, SignatureProblem, identity_of, lenient_identity,
-                                        parse_signature)
+                                        read_signature)
 from authmilter.config import DkimSection
 from authmilter.context import HEADER_LIMIT, Header, Message
 from authmilter.resolver import DnsClient
@@ -206,8 +206,7 @@ def body_hash_keys(msg: Message, cfg: DkimSection, from_domain: str | None) -> f
     keys = set()
     for _, header in chosen:
         try:
-            ident, tags = identity_of(header.value)
-            keys.add(parse_signature(header.name, header.value, ident, tags).body_key)
+            keys.add(read_signature(header.name, header.value).body_key)
         except (SignatureProblem, *_LIBRARY_ERRORS):
             continue
     return frozenset(keys)
@@ -285,8 +284,8 @@ def _evaluate(header: Header, msg: Message, dns: DnsClient, cfg: DkimSection,
     dnssec: Dnssec | None = None  # of the key lookup, once answered
     stage = "signature"
     try:
-        ident, tags = identity_of(header.value)
-        sig = parse_signature(header.name, header.value, ident, tags)
+        ident, _ = identity_of(header.value)  # named in the result even when the tags are unusable
+        sig = read_signature(header.name, header.value)
         _local_policy_before_dns(sig, cfg, now)
         stage = "key"
         queried = True

@@ -11,7 +11,9 @@ import base64
 import binascii
 import functools
 import re
+from collections.abc import Mapping
 from dataclasses import dataclass
+from types import MappingProxyType
 
 from dkim.util import parse_tag_value
 
@@ -58,7 +60,7 @@ class Identity:
 @dataclass(frozen=True, slots=True)
 class ParsedSignature:
     identity: Identity
-    tags: dict                      # tag -> raw value bytes (dkimpy's form, handed back to dkimpy to verify)
+    tags: Mapping[bytes, bytes]     # tag -> raw value bytes (dkimpy's form; read-only: a memoized parse shares it)
     header_name: bytes
     header_value: bytes             # as received, with CRLF, for dkimpy's b= removal and header hashing
     key_type: str                   # "rsa" or "ed25519"
@@ -149,6 +151,21 @@ def _identity(tags: dict) -> Identity:
                     algorithm=_text(tags.get(b"a", b"")).lower(), b_prefix=_text(b_value[:8]))
 
 
+def read_signature(header_name: bytes, header_value: bytes) -> ParsedSignature:
+    """identity_of + parse_signature, memoized as identity_of is: the end of headers and the end of message read
+    the same signature. Raises what they raise (a failed read is not cached)."""
+    if len(header_value) > _MEMO_MAX_BYTES:
+        ident, tags = _identity_of(header_value)
+        return parse_signature(header_name, header_value, ident, tags)
+    return _read_signature_memo(bytes(header_name), bytes(header_value))
+
+
+@functools.lru_cache(maxsize=64)
+def _read_signature_memo(header_name: bytes, header_value: bytes) -> ParsedSignature:
+    ident, tags = identity_of(header_value)
+    return parse_signature(header_name, header_value, ident, tags)
+
+
 def parse_signature(header_name: bytes, header_value: bytes, ident: Identity, tags: dict) -> ParsedSignature:
     """Validate the tags of one signature; raises SignatureProblem (RFC 6376 §6.1.1) for anything unusable.
 
@@ -218,7 +235,7 @@ def parse_signature(header_name: bytes, header_value: bytes, ident: Identity, ta
         raise SignatureProblem(Status.NEUTRAL, "x= is before t=")
 
     return ParsedSignature(
-        identity=ident, tags=tags, header_name=header_name, header_value=header_value, key_type=key_type,
+        identity=ident, tags=MappingProxyType(tags), header_name=header_name, header_value=header_value, key_type=key_type,
         hash_alg=hash_alg, header_canon=header_canon,
         body_key=BodyHashKey(BodyCanon(body_canon), hash_alg, limit), body_hash=body_hash, signature=signature,
         signed_headers=signed_headers, timestamp=timestamp, expiration=expiration, auid_domain=auid_domain)
