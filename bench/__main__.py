@@ -39,7 +39,9 @@ def _in_namespace(argv: list[str]) -> int:
 
 def main(argv: list[str]) -> int:
     parser = argparse.ArgumentParser(prog="make bench")
-    parser.add_argument("--quick", action="store_true", help="concurrency 1 and 4 only, one pass")
+    parser.add_argument("--quick", action="store_true", help="concurrency 1 and 4 only, one pass, one round")
+    parser.add_argument("--rounds", type=int, default=None,
+                        help="direct part: rounds per concurrency, contenders interleaved (default 3, quick 1)")
     parser.add_argument("--json", default="bench-results/bench.json", help="where to write the figures")
     parser.add_argument("--no-postfix", action="store_true", help="skip the through-Postfix part")
     parser.add_argument("--no-memory", action="store_true", help="skip the memory cases")
@@ -78,21 +80,29 @@ def main(argv: list[str]) -> int:
             print("(dkimpy-milter not installed: `make bench` installs it from Debian)")
         if args.only:
             contenders = [c for c in contenders if c[0] in args.only]
+        rounds = args.rounds or (1 if args.quick else 3)
         serial = 0
-        for label, start in contenders:
-            for concurrency in concurrencies:
-                workdir = Path(tmp, f"{label}-{concurrency}")
-                workdir.mkdir()
-                running = start(workdir)
-                try:
-                    for cache, passes in (("cold", 1), ("warm", warm_passes)):
-                        result = direct.run_case(running, messages, concurrency=concurrency, passes=passes,
-                                                 cache=cache, serial_base=serial)
-                        serial += result.messages
-                        print(result.row(), flush=True)
-                        report["direct"].append(direct.as_dict(result))
-                finally:
-                    running.stop()
+        # A noisy shared VM swings a case's CPU by +-30 % from one minute to the next: each round runs every
+        # contender back to back (in a rotated order), and the summary compares medians over the rounds.
+        for concurrency in concurrencies:
+            for round_number in range(rounds):
+                shift = round_number % len(contenders)
+                for label, start in contenders[shift:] + contenders[:shift]:
+                    workdir = Path(tmp, f"{label}-{concurrency}-{round_number}")
+                    workdir.mkdir()
+                    running = start(workdir)
+                    try:
+                        for cache, passes in (("cold", 1), ("warm", warm_passes)):
+                            result = direct.run_case(running, messages, concurrency=concurrency, passes=passes,
+                                                     cache=cache, serial_base=serial)
+                            serial += result.messages
+                            print(result.row(), flush=True)
+                            report["direct"].append(direct.as_dict(result) | {"round": round_number})
+                    finally:
+                        running.stop()
+        report["direct_summary"] = direct.summarize(report["direct"])
+        print()
+        print(direct.summary_table(report["direct_summary"]))
         if not args.no_memory:
             from bench import memory
             report["memory"] = memory.run(lambda wd: milters.start_authmilter(wd, "127.0.0.1:53"), Path(tmp),

@@ -97,4 +97,24 @@ def as_dict(result: CaseResult) -> dict:
     return asdict(result)
 
 
-__all__ = ["run_case", "CaseResult", "HEADER", "as_dict"]
+def summarize(rows: list[dict]) -> list[dict]:
+    """Per contender and concurrency: the warm-cache CPU per message over the rounds (median, min, max)."""
+    groups: dict[tuple[str, int], list[float]] = {}
+    for row in rows:
+        if row["cache"] == "warm":
+            groups.setdefault((row["milter"], row["concurrency"]), []).append(row["cpu_ms_per_msg"])
+    return [{"milter": milter, "concurrency": concurrency, "rounds": len(values),
+             "cpu_ms_per_msg_median": statistics.median(values), "cpu_ms_per_msg_min": min(values),
+             "cpu_ms_per_msg_max": max(values)}
+            for (milter, concurrency), values in groups.items()]
+
+
+def summary_table(summary: list[dict]) -> str:
+    lines = [f"{'warm cache, CPU ms per message':<34} {'c':>3} {'median':>7} {'min':>6} {'max':>6} {'rounds':>6}"]
+    for item in sorted(summary, key=lambda s: (s["concurrency"], s["milter"])):
+        lines.append(f"{item['milter']:<34} {item['concurrency']:>3} {item['cpu_ms_per_msg_median']:>7.2f} "
+                     f"{item['cpu_ms_per_msg_min']:>6.2f} {item['cpu_ms_per_msg_max']:>6.2f} {item['rounds']:>6}")
+    return "\n".join(lines)
+
+
+__all__ = ["run_case", "CaseResult", "HEADER", "as_dict", "summarize", "summary_table"]

@@ -24,7 +24,7 @@ import dkim.crypto as dkimpy_crypto
 import nacl.exceptions
 from dkim.asn1 import ASN1FormatError
 from dkim.crypto import UnparsableKeyError
-from dkim.util import InvalidTagValueList
+from dkim.util import InvalidTagValueList, get_default_logger
 
 from authmilter.checks.dkim_body import BodyHash, BodyHashKey, hash_body
 from authmilter.checks.dkim_key import KeyProblem, PublicKey, fetch_key_record, parse_key_record
@@ -36,6 +36,8 @@ from authmilter.resolver import DnsClient
 from authmilter.results import AREntry, Dnssec, Property, Status, weakest
 
 log = logging.getLogger(__name__)
+# Fetched once: dkimpy.DKIM() would call logging.getLogger, which takes logging's module lock, for every message.
+_DKIMPY_LOG = get_default_logger()
 
 # CONTRACT (other modules rely on these names; add fields freely, do not rename or remove):
 
@@ -340,7 +342,7 @@ def _header_signature_verifies(sig: ParsedSignature, key: PublicKey, msg: Messag
             return False  # RFC 8017 §8.2.2 step 1: a signature of the wrong length is invalid
     elif len(sig.signature) != 64:
         return False      # RFC 8032 §5.1.7: an Ed25519 signature is 64 octets
-    verifier = dkimpy.DKIM(minkey=0)  # key size is judged in _evaluate against our own min_key_bits
+    verifier = dkimpy.DKIM(minkey=0, logger=_DKIMPY_LOG)  # key size is judged in _evaluate against our own min_key_bits
     verifier.headers = [(h.name, h.value + b"\r\n") for h in msg.headers]
     verifier.pk, verifier.keysize, verifier.ktag = key.material, key.bits, key.key_type.encode()
     tags = {name: value for name, value in sig.tags.items() if name != b"bh"}
