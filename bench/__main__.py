@@ -46,7 +46,8 @@ def main(argv: list[str]) -> int:
     parser.add_argument("--no-postfix", action="store_true", help="skip the through-Postfix part")
     parser.add_argument("--no-memory", action="store_true", help="skip the memory cases")
     parser.add_argument("--only", action="append", default=[], metavar="MILTER",
-                        help="measure only this contender (authmilter, null-pymilter, opendkim+opendmarc, dkimpy-milter)")
+                        help="measure only this contender (authmilter, 'authmilter cpu=all', null-pymilter, "
+                             "opendkim+opendmarc, dkimpy-milter)")
     args = parser.parse_args(argv)
     if os.geteuid() != 0:
         print("make bench needs root (network namespace, OpenDKIM, Postfix)", file=sys.stderr)
@@ -68,7 +69,9 @@ def main(argv: list[str]) -> int:
     print(direct.HEADER)
     with DnsServer(corpus.zone(public_key, [corpus.CLIENT_IP]), host="127.0.0.1", port=53, lifetime=3000), \
             tempfile.TemporaryDirectory(prefix="authmilter-bench-") as tmp:
+        # "cpu=all" shows what [milter] cpu = auto (one CPU for all threads, the default) is for.
         contenders = [("authmilter", lambda wd: milters.start_authmilter(wd, "127.0.0.1:53")),
+                      ("authmilter cpu=all", lambda wd: milters.start_authmilter(wd, "127.0.0.1:53", cpu="all")),
                       ("null-pymilter", milters.start_nullmilter)]
         if milters.opendkim_available():
             contenders.append(("opendkim+opendmarc", milters.start_opendkim_opendmarc))

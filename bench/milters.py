@@ -54,13 +54,14 @@ def _spawn(argv: list[str], log: Path, **kwargs) -> subprocess.Popen:
                             **kwargs)
 
 
-def authmilter_config(workdir: Path, socket_spec: str, nameserver: str) -> Path:
+def authmilter_config(workdir: Path, socket_spec: str, nameserver: str, *, cpu: str = "auto") -> Path:
     config = workdir / "authmilter.ini"
     config.write_text(f"""[milter]
 socket = {socket_spec}
 socket_mode = 0666
 socket_group =
 authserv_id = mx.bench.example
+cpu = {cpu}
 
 [dns]
 nameservers = {nameserver}
@@ -75,10 +76,11 @@ level = info
     return config
 
 
-def start_authmilter(workdir: Path, nameserver: str, *, inet_port: int | None = None) -> RunningMilter:
+def start_authmilter(workdir: Path, nameserver: str, *, inet_port: int | None = None,
+                     cpu: str = "auto") -> RunningMilter:
     sock = workdir / "authmilter.sock"
     spec = f"inet:{inet_port}@127.0.0.1" if inet_port else f"unix:{sock}"
-    config = authmilter_config(workdir, spec, nameserver)
+    config = authmilter_config(workdir, spec, nameserver, cpu=cpu)
     log = workdir / "authmilter.log"
     # `timeout` must not stand between us and the milter's PID: we measure the milter's own counters.
     process = subprocess.Popen([sys.executable, "-m", "authmilter", "run", "--config", str(config)],
@@ -87,7 +89,7 @@ def start_authmilter(workdir: Path, nameserver: str, *, inet_port: int | None = 
         wait_for_port(inet_port, process, log)
         return RunningMilter("authmilter-inet", [f"127.0.0.1:{inet_port}"], [process])
     _wait_for_socket(sock, process, log)
-    return RunningMilter("authmilter", [str(sock)], [process])
+    return RunningMilter("authmilter" if cpu == "auto" else f"authmilter cpu={cpu}", [str(sock)], [process])
 
 
 def wait_for_port(port: int, process: subprocess.Popen | None = None, log: Path | None = None,

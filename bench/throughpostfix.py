@@ -21,7 +21,7 @@ from tests.e2e import postfixlab
 from tests.e2e.zonedata import RECIPIENT_DOMAIN
 
 LISTENERS = {"none": 2500, "authmilter-unix": 2501, "authmilter-inet": 2502, "null-pymilter": 2503,
-             "opendkim+opendmarc": 2504}
+             "opendkim+opendmarc": 2504, "authmilter-unix cpu=all": 2505}
 INET_PORT = 8894
 RCPT = f"bench@{RECIPIENT_DOMAIN}"
 
@@ -86,6 +86,7 @@ def run(tmp: Path, messages: list[bytes], public_key: str, *, quick: bool) -> li
     workdir.mkdir()
     contenders: dict[str, milters.RunningMilter] = {}
     for name, start in (("authmilter-unix", lambda d: milters.start_authmilter(d, "127.0.0.1:53")),
+                        ("authmilter-unix cpu=all", lambda d: milters.start_authmilter(d, "127.0.0.1:53", cpu="all")),
                         ("authmilter-inet", lambda d: milters.start_authmilter(d, "127.0.0.1:53",
                                                                                inet_port=INET_PORT)),
                         ("null-pymilter", milters.start_nullmilter),

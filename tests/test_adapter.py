@@ -141,6 +141,57 @@ def test_negotiation_asks_for_leading_space_bytes_and_macros(milter):
         conn.quit()
 
 
+def thread_cpus(pid: int) -> dict[int, set[int]]:
+    """The CPUs each thread of a process may run on (Cpus_allowed_list, e.g. "0-2,5")."""
+    found = {}
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        try:
+            status = (task / "status").read_text()
+        except OSError:
+            continue  # a thread that ended meanwhile
+        listed = next(line.split(":", 1)[1].strip() for line in status.splitlines()
+                      if line.startswith("Cpus_allowed_list:"))
+        cpus: set[int] = set()
+        for part in listed.split(","):
+            low, _, high = part.partition("-")
+            cpus.update(range(int(low), int(high or low) + 1))
+        found[int(task.name)] = cpus
+    return found
+
+
+def listening_line(daemon) -> str:
+    return [line for line in daemon.log_text().splitlines() if "authmilter listening on" in line][-1]
+
+
+def test_every_thread_runs_on_the_one_cpu_the_log_names(milter):
+    conn = client(milter.socket)  # so that libmilter's thread for this connection exists too
+    try:
+        line = listening_line(milter)
+        named = int(line.rsplit("on CPU ", 1)[1].rstrip(")"))
+        threads = thread_cpus(milter.pid)
+        assert len(threads) >= 3  # ours, libmilter's listener, the connection's
+        assert set(map(frozenset, threads.values())) == {frozenset({named})}
+        assert named in os.sched_getaffinity(0)
+    finally:
+        conn.quit()
+
+
+def test_cpu_all_leaves_every_allowed_cpu_to_every_thread_and_a_reload_does_not_move_them(tmp_path, dns):
+    text = config_text(f"unix:{tmp_path / 'm.sock'}", dns, ENFORCING)
+    daemon = adapter_daemon(tmp_path, text.replace("[milter]\n", "[milter]\ncpu = all\n", 1)).start()
+    try:
+        assert listening_line(daemon).endswith(", on every CPU)")
+        allowed = os.sched_getaffinity(0)
+        assert all(cpus == allowed for cpus in thread_cpus(daemon.pid).values())
+        daemon.config_path.write_text(text)  # back to the default, auto
+        daemon.signal(signal.SIGUSR1)
+        log = daemon.wait_for_log("reloaded configuration")
+        assert "WARNING reload: [milter] cpu changed to auto; this takes a restart (still all)" in log
+        assert all(cpus == allowed for cpus in thread_cpus(daemon.pid).values())
+    finally:
+        daemon.stop()
+
+
 def test_unix_socket_has_configured_mode_and_group(milter):
     st = os.stat(milter.socket)
     assert stat.S_ISSOCK(st.st_mode)

@@ -82,6 +82,8 @@ def test_sample_socket_is_the_postfix_chroot_unix_socket():
     ("[milter]\nsocket = unix:relative.sock\n", "F.ini: [milter] socket: a unix socket needs an absolute path"),
     ("[milter]\nsocket_mode = rw\n", "F.ini: [milter] socket_mode: expected an octal mode such as 0660"),
     ("[milter]\nerror_action = reject\n", "F.ini: [milter] error_action: expected one of accept, tempfail"),
+    ("[milter]\ncpu = first\n", "F.ini: [milter] cpu: expected auto, all or a CPU number, got 'first'"),
+    ("[milter]\ncpu = -1\n", "F.ini: [milter] cpu: expected auto, all or a CPU number, got '-1'"),
     ("[spf]\nfail_action = tempfail\n", "F.ini: [spf] fail_action: expected one of accept, reject, quarantine"),
     ("[dns]\ntimeout = 1\ntimeout = 2\n", "F.ini: [dns] timeout: duplicate key (line 3)"),
     ("[dns]\n[dns]\n", "F.ini: [dns]: duplicate section (line 2)"),
@@ -141,6 +143,15 @@ def test_check_config_refuses_with_exit_78(tmp_path, text, message):
     assert done.returncode == 78
     assert done.stderr == f"{path}: {message}\n"
     assert done.stdout == ""
+
+
+def test_check_config_refuses_a_cpu_this_machine_does_not_let_us_use(tmp_path):
+    path = tmp_path / "bad.ini"
+    path.write_text("[milter]\ncpu = 4095\n")
+    done = run_cli("check-config", str(path))
+    allowed = ",".join(str(cpu) for cpu in sorted(os.sched_getaffinity(0)))
+    assert (done.returncode, done.stdout) == (78, "")
+    assert done.stderr == f"{path}: [milter] cpu: CPU 4095 is not one this process may use (CPUs {allowed})\n"
 
 
 def test_check_config_unreadable_file_exit_78(tmp_path):

@@ -19,6 +19,7 @@ from enum import StrEnum
 from pathlib import Path
 from typing import Any, Callable
 
+from authmilter.cpu import parse_cpu
 from authmilter.errors import ConfigError
 from authmilter.results import Action
 
@@ -192,6 +193,8 @@ class MilterSection:
                                       "(552 5.3.4), quarantine, or accept and record dkim/dmarc=permerror",
                                       choices=("reject", "quarantine", "accept"))
     connection_timeout: int = key(600, "seconds libmilter waits on an idle Postfix connection", minimum=1)
+    cpu: str = key("auto", "the one CPU the milter's threads run on: auto (the CPU it starts on), a CPU number, "
+                           "or all (no pinning)", parse=parse_cpu)
 
 
 @dataclass(frozen=True, slots=True)

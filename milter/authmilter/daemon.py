@@ -18,7 +18,7 @@ import stat
 import threading
 from pathlib import Path
 
-from authmilter import adapter, logsetup
+from authmilter import adapter, cpu, logsetup
 from authmilter.config import Config, load_config
 from authmilter.errors import ConfigError
 from authmilter.judge import build_runtime
@@ -44,6 +44,9 @@ def validate_runtime(cfg: Config) -> None:
         except KeyError:
             raise ConfigError(f"{cfg.source}: [milter] socket_group: no such group {section.socket_group!r}") \
                 from None
+    problem = cpu.check_cpu(section.cpu)
+    if problem:
+        raise ConfigError(f"{cfg.source}: [milter] cpu: {problem}")
 
 
 def socket_kind(spec: str) -> str:
@@ -170,6 +173,9 @@ class Reloader:
         if cfg.milter.socket != old.cfg.milter.socket:
             log.warning("reload: [milter] socket changed to %s; this takes a restart (still on %s)",
                         cfg.milter.socket, old.cfg.milter.socket)
+        if cfg.milter.cpu != old.cfg.milter.cpu:
+            log.warning("reload: [milter] cpu changed to %s; this takes a restart (still %s)",
+                        cfg.milter.cpu, old.cfg.milter.cpu)
         logsetup.configure(cfg.log)
         self.ref.current = runtime  # new transactions see it from their MAIL FROM on
         if runtime.resolver is not old.resolver:
@@ -194,6 +200,7 @@ def _close_quietly(resolver) -> None:
 def run(config_path: str, cfg: Config) -> int:
     """Serve until stopped. cfg is already loaded and validated (cli.py reports ConfigError with exit 78)."""
     logsetup.configure(cfg.log)
+    pinned = cpu.pin(cfg.milter.cpu)  # before libmilter starts any thread: they inherit it
     ref = adapter.RuntimeRef(build_runtime(cfg))
     spec = cfg.milter.socket
     try:
@@ -228,8 +235,8 @@ def run(config_path: str, cfg: Config) -> int:
 
     thread = threading.Thread(target=worker, name="libmilter", daemon=True)
     thread.start()
-    log.info("authmilter listening on %s (authserv_id=%s, config %s)", spec, ref.current.authserv_id,
-             config_path)
+    log.info("authmilter listening on %s (authserv_id=%s, config %s, %s)", spec, ref.current.authserv_id,
+             config_path, f"on CPU {pinned}" if pinned is not None else "on every CPU")
     stopping = False
     try:
         while thread.is_alive():
