@@ -93,7 +93,7 @@ def run(tmp: Path, messages: list[bytes], public_key: str, *, quick: bool) -> li
                         ("opendkim+opendmarc", milters.start_opendkim_opendmarc)):
         if name == "opendkim+opendmarc" and not milters.opendkim_available():
             continue
-        directory = workdir / name
+        directory = workdir / name.replace(" ", "_")  # the socket path goes into master.cf unquoted
         directory.mkdir()
         contenders[name] = start(directory)
     listeners = {LISTENERS["none"]: ""}

@@ -46,11 +46,15 @@ def pin(setting: str) -> int | None:
         return None
     allowed = os.sched_getaffinity(0)
     cpu = int(setting) if setting != AUTO else _current_cpu(allowed)
-    for task in Path("/proc/self/task").iterdir():
-        try:
-            os.sched_setaffinity(int(task.name), {cpu})
-        except ProcessLookupError:
-            continue  # a thread that ended meanwhile
+    try:
+        for task in Path("/proc/self/task").iterdir():
+            try:
+                os.sched_setaffinity(int(task.name), {cpu})
+            except ProcessLookupError:
+                continue  # a thread that ended meanwhile
+    except OSError as exc:  # e.g. a sandbox that forbids sched_setaffinity: slower, not broken
+        log.warning("cannot keep the milter on CPU %d (%s): running on every CPU", cpu, exc.strerror or exc)
+        return None
     return cpu
 
 
