@@ -45,6 +45,9 @@ def main(argv: list[str]) -> int:
     parser.add_argument("--json", default="bench-results/bench.json", help="where to write the figures")
     parser.add_argument("--no-postfix", action="store_true", help="skip the through-Postfix part")
     parser.add_argument("--no-memory", action="store_true", help="skip the memory cases")
+    parser.add_argument("--no-direct", action="store_true", help="skip the direct part")
+    parser.add_argument("--dedicated-cpu", action="store_true",
+                        help="through Postfix: the milters on the last CPU, Postfix and the SMTP clients on the others")
     parser.add_argument("--only", action="append", default=[], metavar="MILTER",
                         help="measure only this contender (authmilter, 'authmilter cpu=all', null-pymilter, "
                              "opendkim+opendmarc, dkimpy-milter)")
@@ -87,7 +90,7 @@ def main(argv: list[str]) -> int:
         serial = 0
         # A noisy shared VM swings a case's CPU by +-30 % from one minute to the next: each round runs every
         # contender back to back (in a rotated order), and the summary compares medians over the rounds.
-        for concurrency in concurrencies:
+        for concurrency in () if args.no_direct else concurrencies:
             for round_number in range(rounds):
                 shift = round_number % len(contenders)
                 for label, start in contenders[shift:] + contenders[:shift]:
@@ -103,16 +106,18 @@ def main(argv: list[str]) -> int:
                             report["direct"].append(direct.as_dict(result) | {"round": round_number})
                     finally:
                         running.stop()
-        report["direct_summary"] = direct.summarize(report["direct"])
-        print()
-        print(direct.summary_table(report["direct_summary"]))
+        if report["direct"]:
+            report["direct_summary"] = direct.summarize(report["direct"])
+            print()
+            print(direct.summary_table(report["direct_summary"]))
         if not args.no_memory:
             from bench import memory
             report["memory"] = memory.run(lambda wd: milters.start_authmilter(wd, "127.0.0.1:53"), Path(tmp),
                                           private_key)
         if not args.no_postfix:
             from bench import throughpostfix
-            report["postfix"] = throughpostfix.run(Path(tmp), messages, public_key, quick=args.quick)
+            report["postfix"] = throughpostfix.run(Path(tmp), messages, public_key, quick=args.quick,
+                                                   dedicated_cpu=args.dedicated_cpu)
     out = Path(args.json)
     out.parent.mkdir(parents=True, exist_ok=True)
     report["finished"] = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())

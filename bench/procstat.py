@@ -16,7 +16,7 @@ class Sample:
     rss_kb: int
 
 
-def _tree(pid: int) -> list[int]:
+def tree(pid: int) -> list[int]:
     """pid and its descendants (OpenDMARC and friends may fork)."""
     children: dict[int, list[int]] = {}
     for entry in Path("/proc").iterdir():
@@ -37,7 +37,7 @@ def _tree(pid: int) -> list[int]:
 def sample(pids: list[int]) -> Sample:
     cpu, hwm, rss = 0.0, 0, 0
     for root in pids:
-        for pid in _tree(root):
+        for pid in tree(root):
             try:
                 fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
                 cpu += (int(fields[11]) + int(fields[12])) / TICKS
@@ -55,7 +55,7 @@ def sample(pids: list[int]) -> Sample:
 def reset_peak(pids: list[int]) -> None:
     """Writing 5 to clear_refs resets VmHWM to the current RSS (Linux >= 4.0)."""
     for root in pids:
-        for pid in _tree(root):
+        for pid in tree(root):
             try:
                 Path(f"/proc/{pid}/clear_refs").write_text("5")
             except OSError:
