@@ -16,6 +16,7 @@ import subprocess
 import time
 from pathlib import Path
 
+from authmilter.cpu import move_threads
 from bench import corpus, milters, procstat
 from tests.e2e import postfixlab
 from tests.e2e.zonedata import RECIPIENT_DOMAIN
@@ -78,11 +79,7 @@ def _dedicate_last_cpu(milter_pids: list[int]) -> None:
     if len(cpus) < 2:
         raise SystemExit("--dedicated-cpu needs at least two CPUs")
     for pid in (pid for root in milter_pids for pid in procstat.tree(root)):
-        for task in Path(f"/proc/{pid}/task").iterdir():
-            try:
-                os.sched_setaffinity(int(task.name), {cpus[-1]})
-            except ProcessLookupError:
-                continue
+        move_threads(pid, {cpus[-1]})
     os.sched_setaffinity(0, set(cpus[:-1]))
     print(f"(milters on CPU {cpus[-1]}; Postfix and the SMTP clients on CPU {','.join(map(str, cpus[:-1]))})")
 

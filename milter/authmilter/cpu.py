@@ -35,7 +35,7 @@ def check_cpu(setting: str) -> str:
         return ""
     allowed = os.sched_getaffinity(0)
     if int(setting) not in allowed:
-        return f"CPU {setting} is not one this process may use ({_ranges(allowed)})"
+        return f"CPU {setting} is not one this process may use ({_listed(allowed)})"
     return ""
 
 
@@ -47,15 +47,20 @@ def pin(setting: str) -> int | None:
     allowed = os.sched_getaffinity(0)
     cpu = int(setting) if setting != AUTO else _current_cpu(allowed)
     try:
-        for task in Path("/proc/self/task").iterdir():
-            try:
-                os.sched_setaffinity(int(task.name), {cpu})
-            except ProcessLookupError:
-                continue  # a thread that ended meanwhile
+        move_threads("self", {cpu})
     except OSError as exc:  # e.g. a sandbox that forbids sched_setaffinity: slower, not broken
         log.warning("cannot keep the milter on CPU %d (%s): running on every CPU", cpu, exc.strerror or exc)
         return None
     return cpu
+
+
+def move_threads(pid: int | str, cpus: set[int]) -> None:
+    """Every thread of process `pid` ("self": this one) onto `cpus`: sched_setaffinity acts on one thread."""
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        try:
+            os.sched_setaffinity(int(task.name), cpus)
+        except ProcessLookupError:
+            continue  # a thread that ended meanwhile
 
 
 def _current_cpu(allowed: set[int]) -> int:
@@ -69,5 +74,5 @@ def _current_cpu(allowed: set[int]) -> int:
     return cpu if cpu in allowed else min(allowed)
 
 
-def _ranges(cpus: set[int]) -> str:
+def _listed(cpus: set[int]) -> str:
     return "CPUs " + ",".join(str(cpu) for cpu in sorted(cpus))

@@ -18,7 +18,9 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from enum import StrEnum
 
-from authmilter._relaxed import relax as _relax_in_c
+# relax(chunk): §3.4.4 a+b over a chunk that ends in neither whitespace nor a lone CR: each whitespace run becomes one
+# SP, or nothing when CRLF follows it. In C; `relax_reference` below is its definition in Python.
+from authmilter._relaxed import relax
 
 CRLF = b"\r\n"
 
@@ -147,14 +149,8 @@ class BodyCanonicalizer:
         return relax(stable) if self._relaxed else stable
 
 
-def relax(stable: bytes) -> bytes:
-    """§3.4.4 a+b over a chunk that ends in neither whitespace nor a lone CR: each whitespace run becomes one SP,
-    or nothing when CRLF follows it. The C version in authmilter/_relaxed.c; `relax_reference` is its definition."""
-    return _relax_in_c(stable)
-
-
 def relax_reference(stable: bytes) -> bytes:
-    """The same in Python: reduce each whitespace run to one SP; then whitespace at a line end is exactly
+    """`relax` in Python: reduce each whitespace run to one SP; then whitespace at a line end is exactly
     " \r\n", and dropping that SP drops it all."""
     if b"\t" in stable or b"  " in stable:
         stable = _WSP_RUN.sub(b" ", stable)

@@ -235,8 +235,8 @@ def parse_signature(header_name: bytes, header_value: bytes, ident: Identity, ta
         raise SignatureProblem(Status.NEUTRAL, "x= is before t=")
 
     return ParsedSignature(
-        identity=ident, tags=MappingProxyType(tags), header_name=header_name, header_value=header_value, key_type=key_type,
-        hash_alg=hash_alg, header_canon=header_canon,
+        identity=ident, tags=MappingProxyType(tags), header_name=header_name, header_value=header_value,
+        key_type=key_type, hash_alg=hash_alg, header_canon=header_canon,
         body_key=BodyHashKey(BodyCanon(body_canon), hash_alg, limit), body_hash=body_hash, signature=signature,
         signed_headers=signed_headers, timestamp=timestamp, expiration=expiration, auid_domain=auid_domain)
 
