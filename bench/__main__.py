@@ -59,7 +59,7 @@ def main(argv: list[str]) -> int:
         return _in_namespace(argv)
 
     from bench import corpus, direct, milters
-    from tests.dnsserver import DnsServer
+    from testlab.dnsserver import DnsServer
 
     private_key, public_key = corpus.rsa_key()
     messages = [m.raw for m in corpus.make_mix(private_key)]

@@ -91,7 +91,7 @@ def make_mix(private_key: bytes) -> list[BenchMessage]:
 
 
 def zone(public_key: str, client_ips: list[str]) -> dict:
-    """OpenSPF-style zone data for tests/dnsserver.py: every lookup the checks make has an answer."""
+    """OpenSPF-style zone data for testlab/dnsserver.py: every lookup the checks make has an answer."""
     data: dict = {
         DOMAIN: [{"TXT": "v=spf1 ip4:127.0.0.0/8 ip6:::1 -all"}, {"MX": [10, f"mx.{DOMAIN}"]},
                  {"A": "127.0.0.10"}],

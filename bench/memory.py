@@ -8,7 +8,7 @@ import time
 from pathlib import Path
 
 from bench import corpus, procstat
-from bench.milterclient import MilterClient, split_message
+from testlab.milterclient import MilterClient, split_message
 from bench.milters import RunningMilter
 
 

@@ -18,8 +18,8 @@ from pathlib import Path
 
 from authmilter.cpu import move_threads
 from bench import corpus, milters, procstat
-from tests.e2e import postfixlab
-from tests.e2e.zonedata import RECIPIENT_DOMAIN
+from testlab import postfixlab
+from testlab.zonedata import RECIPIENT_DOMAIN
 
 LISTENERS = {"none": 2500, "authmilter-unix": 2501, "authmilter-inet": 2502, "null-pymilter": 2503,
              "opendkim+opendmarc": 2504, "authmilter-unix cpu=all": 2505}

@@ -1,7 +1,7 @@
 """The milter as Postfix sees it: a real `authmilter run` process, driven over the milter protocol.
 
 Each daemon is a subprocess on a unix socket in a temporary directory (one test uses inet on loopback), with
-[trust] networks empty and its DNS pointed at tests/dnsserver.py. What is asserted is what Postfix and the
+[trust] networks empty and its DNS pointed at testlab/dnsserver.py. What is asserted is what Postfix and the
 operator see: the header modifications and their order, the SMTP replies, quarantine, and the log lines.
 """
 
@@ -23,9 +23,9 @@ from miltertest import constants as c
 
 from authmilter.cli import parse_message
 from authmilter.daemon import set_nodelay_on_listener
-from bench.milterclient import MilterClient
-from tests.daemonrunner import DaemonRunner
-from tests.dnsserver import DnsServer, Fault
+from testlab.milterclient import MilterClient
+from testlab.daemonrunner import DaemonRunner
+from testlab.dnsserver import DnsServer, Fault
 
 ROOT = Path(__file__).resolve().parent.parent
 

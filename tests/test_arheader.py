@@ -11,7 +11,7 @@ import authres.core
 import pytest
 
 from authmilter.arheader import authserv_id_of, clean_comment, is_ours, render, render_entries, render_value
-from authmilter.checks.dmarc import DmarcResult
+from authmilter.checks.dmarc.check import DmarcResult
 from authmilter.checks.iprev import IprevResult
 from authmilter.checks.spf import SpfIdentityResult, SpfResult
 from authmilter.checks.srs import SrsInfo

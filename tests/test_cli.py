@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.dnsserver import DnsServer, Fault
+from testlab.dnsserver import DnsServer, Fault
 
 ROOT = Path(__file__).resolve().parent.parent
 ENV = {**os.environ, "PYTHONPATH": f"{ROOT}:{ROOT / 'milter'}"}

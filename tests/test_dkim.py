@@ -25,13 +25,13 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from authmilter.arheader import render_entries
-from authmilter.checks.dkim import DkimResult, check_dkim
-from authmilter.checks.dkim_body import (BodyCanon, BodyCanonicalizer, BodyHasher, BodyHashKey, HashAlg,
+from authmilter.checks.dkim.check import DkimResult, check_dkim
+from authmilter.checks.dkim.body import (BodyCanon, BodyCanonicalizer, BodyHasher, BodyHashKey, HashAlg,
                                          canonicalize, hash_body, relax, relax_reference)
 from authmilter.config import DkimSection
 from authmilter.context import Header, Message
 from authmilter.results import Dnssec, Status
-from tests.fakedns import FakeDns
+from testlab.fakedns import FakeDns
 
 KEYS = Path(__file__).parent / "data" / "dkim" / "keys"
 NOW = 1_800_000_000  # the injected clock for every case (2027-01-15)

@@ -21,11 +21,11 @@ from pathlib import Path
 import pytest
 from dkim.canonicalization import Relaxed, Simple
 
-from authmilter.checks.dkim import DkimResult, check_dkim
-from authmilter.checks.dkim_body import BodyCanon, canonicalize
+from authmilter.checks.dkim.check import DkimResult, check_dkim
+from authmilter.checks.dkim.body import BodyCanon, canonicalize
 from authmilter.config import DkimSection
 from authmilter.results import Dnssec, Status
-from tests.fakedns import FakeDns
+from testlab.fakedns import FakeDns
 from tests.test_dkim import header_text, message_from_bytes
 
 DATA = Path(__file__).parent / "data" / "dkim"

@@ -9,7 +9,7 @@ import dkim as dkimpy
 import dkim.crypto as dkimpy_crypto
 import pytest
 
-from authmilter.checks import dkim as dkim_check
+from authmilter.checks.dkim import check as dkim_check
 
 pytest.importorskip("cryptography")
 

@@ -6,14 +6,14 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from authmilter.checks.dkim import DkimResult, DkimSignatureResult
-from authmilter.checks.dmarc import DmarcResult, check_dmarc
-from authmilter.checks.dmarcrecord import Psd, Request, parse_record, select_record
+from authmilter.checks.dkim.check import DkimResult, DkimSignatureResult
+from authmilter.checks.dmarc.check import DmarcResult, check_dmarc
+from authmilter.checks.dmarc.record import Psd, Request, parse_record, select_record
 from authmilter.checks.spf import SpfIdentityResult, SpfResult
 from authmilter.config import DmarcSection, OrgDomainMethod
 from authmilter.context import Header, Message
 from authmilter.results import Dnssec, Property, Status
-from tests.fakedns import FakeDns
+from testlab.fakedns import FakeDns
 
 CFG = DmarcSection()
 PSL_CFG = DmarcSection(org_domain=OrgDomainMethod.PSL)

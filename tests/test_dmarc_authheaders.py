@@ -16,12 +16,12 @@ from __future__ import annotations
 
 import pytest
 
-from authmilter.checks.dkim import DkimResult, DkimSignatureResult
-from authmilter.checks.dmarc import check_dmarc
+from authmilter.checks.dkim.check import DkimResult, DkimSignatureResult
+from authmilter.checks.dmarc.check import check_dmarc
 from authmilter.config import DmarcSection
 from authmilter.context import Header, Message
 from authmilter.results import Property, Status
-from tests.fakedns import FakeDns
+from testlab.fakedns import FakeDns
 
 # authheaders' dnsfunc table, as zone data. Its empty strings mean "no record"; "sub2.example.biz" answered
 # something (it exists), "sub.example.biz" and "example.gov" answered nothing (they do not exist).

@@ -18,8 +18,8 @@ from dataclasses import replace
 import pytest
 
 from authmilter import pipeline
-from authmilter.checks.dkim import check_dkim
-from authmilter.checks.dmarc import check_dmarc
+from authmilter.checks.dkim.check import check_dkim
+from authmilter.checks.dmarc.check import check_dmarc
 from authmilter.checks.iprev import check_iprev
 from authmilter.checks.spf import check_spf
 from authmilter.cli import parse_message
@@ -28,7 +28,7 @@ from authmilter.config import (Config, DkimSection, DmarcSection, DnsSection, Ip
 from authmilter.context import Connection, Envelope, Header, Message, MessageContext
 from authmilter.resolver import Resolver
 from authmilter.results import Status
-from tests.dnsserver import DnsServer, Fault
+from testlab.dnsserver import DnsServer, Fault
 from tests.hostile import signing
 
 pytestmark = pytest.mark.timeout(60)
@@ -459,8 +459,8 @@ def daemon_threads(pid: int) -> int:
 
 @pytest.mark.timeout(90)
 def test_daemon_with_a_silent_resolver_answers_every_message_and_keeps_no_thread(server, tmp_path):
-    from bench.milterclient import MilterClient, split_message
-    from tests.daemonrunner import DaemonRunner
+    from testlab.milterclient import MilterClient, split_message
+    from testlab.daemonrunner import DaemonRunner
 
     import authres
 

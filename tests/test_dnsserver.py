@@ -13,7 +13,7 @@ import dns.rcode
 import dns.rdatatype
 import pytest
 
-from tests.dnsserver import DnsServer, Fault
+from testlab.dnsserver import DnsServer, Fault
 
 ZONE = {
     "example.org": [{"TXT": "v=spf1 -all"}, {"MX": [10, "mx.example.org"]}],

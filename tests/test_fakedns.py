@@ -2,7 +2,7 @@
 
 from authmilter.resolver import Outcome
 from authmilter.results import Dnssec
-from tests.fakedns import FakeDns
+from testlab.fakedns import FakeDns
 
 DNS = FakeDns(
     {

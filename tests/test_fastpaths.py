@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 
 from authmilter import arheader, logline
-from authmilter.checks import dkim_sig
-from authmilter.checks.fromheader import MAX_FROM_BYTES, parse_from_value
+from authmilter.checks.dkim import signature as dkim_sig
+from authmilter.checks.dmarc.fromheader import MAX_FROM_BYTES, parse_from_value
 from tests.test_resolver import FakeClock, make, server  # noqa: F401 - `server` is a pytest fixture
 
 

@@ -11,7 +11,7 @@ from authmilter.checks.iprev import IprevResult, check_iprev
 from authmilter.config import ForwardersSection, IprevSection, parse_config_text
 from authmilter.context import Connection
 from authmilter.results import Status
-from tests.fakedns import FakeDns
+from testlab.fakedns import FakeDns
 
 CFG = parse_config_text(
     "[forwarders]\n"

@@ -6,8 +6,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from authmilter.checks.dmarc import author_domain
-from authmilter.checks.fromheader import parse_from_headers, parse_from_value
+from authmilter.checks.dmarc.check import author_domain
+from authmilter.checks.dmarc.fromheader import parse_from_headers, parse_from_value
 from authmilter.context import Header, Message
 
 

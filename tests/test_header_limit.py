@@ -12,7 +12,7 @@ from authmilter.config import Config, MilterSection, TrustSection
 from authmilter.context import Connection, Envelope, Header, Message, MessageContext
 from authmilter.judge import judge
 from authmilter.results import Action
-from tests.fakedns import FakeDns
+from testlab.fakedns import FakeDns
 from tests.test_dkim import NOW, P, message_from_bytes, sign
 
 ZONE = {

@@ -1,6 +1,6 @@
 """Hostile input: a corpus of malformed messages through the real daemon, and property tests of the judge.
 
-Through the daemon (tests/hostile/corpus.py over the milter protocol, bench.milterclient): every message gets a
+Through the daemon (tests/hostile/corpus.py over the milter protocol, testlab.milterclient): every message gets a
 final reply (never the internal-error 451 4.3.0), the log gains no traceback and one line per message, and the
 Authentication-Results header we insert parses back with authres, carries our authserv-id, has exactly the
 methods the input calls for and no result the sender smuggled in (no injected dmarc=pass). The corpus runs against
@@ -26,10 +26,10 @@ from authmilter import judge
 from authmilter.config import Config, DnsSection, TrustSection
 from authmilter.context import Connection, Envelope, Header, Message, MessageContext
 from authmilter.results import Action
-from bench.milterclient import MilterClient, ProtocolError
-from tests.daemonrunner import LEVELS, DaemonRunner
-from tests.dnsserver import DnsServer
-from tests.fakedns import FakeDns
+from testlab.milterclient import MilterClient, ProtocolError
+from testlab.daemonrunner import LEVELS, DaemonRunner
+from testlab.dnsserver import DnsServer
+from testlab.fakedns import FakeDns
 from tests.hostile import corpus, signing, strategies
 
 AUTHSERV_ID = "mx.hostile.example"

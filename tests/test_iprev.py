@@ -10,7 +10,7 @@ from authmilter.checks.iprev import check_iprev
 from authmilter.config import IprevSection
 from authmilter.context import Connection
 from authmilter.results import AREntry, Dnssec, Property, Status
-from tests.fakedns import FakeDns
+from testlab.fakedns import FakeDns
 
 V4 = "192.0.2.1"
 V4_REV = "1.2.0.192.in-addr.arpa"

@@ -1,6 +1,6 @@
 """Load on the real daemon: 200 concurrent milter connections, a reload in the middle, a clean stop at the end.
 
-Every connection is a thread speaking the milter protocol byte for byte (bench.milterclient), as Postfix would.
+Every connection is a thread speaking the milter protocol byte for byte (testlab.milterclient), as Postfix would.
 What a user would see is asserted: every transaction gets a final reply, every accepted message carries exactly one
 Authentication-Results insertion whose authserv-id says which configuration judged it, the daemon logs one line
 per message, and SIGTERM ends it with status 0 and no traceback. Nothing here measures time.
@@ -15,9 +15,9 @@ from dataclasses import dataclass
 import authres
 import pytest
 
-from bench.milterclient import MilterClient, split_message
-from tests.daemonrunner import DaemonRunner
-from tests.dnsserver import DnsServer
+from testlab.milterclient import MilterClient, split_message
+from testlab.daemonrunner import DaemonRunner
+from testlab.dnsserver import DnsServer
 from tests.hostile import signing
 
 pytestmark = pytest.mark.timeout(150)

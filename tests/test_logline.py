@@ -8,7 +8,7 @@ from dataclasses import dataclass
 
 import pytest
 
-from authmilter.checks.dmarc import DmarcResult
+from authmilter.checks.dmarc.check import DmarcResult
 from authmilter.checks.iprev import IprevResult
 from authmilter.checks.sender import SenderDomainResult
 from authmilter.checks.spf import SpfIdentityResult, SpfResult

@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import pytest
 
-from authmilter.checks.orgdomain import (PolicyLookups, TemporaryFailure, discover, organizational_domain,
+from authmilter.checks.dmarc.orgdomain import (PolicyLookups, TemporaryFailure, discover, organizational_domain,
                                          walk_targets)
 from authmilter.config import OrgDomainMethod
-from tests.fakedns import FakeDns
+from testlab.fakedns import FakeDns
 
 TREE = OrgDomainMethod.TREEWALK
 PSL = OrgDomainMethod.PSL

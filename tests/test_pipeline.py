@@ -17,7 +17,7 @@ from authmilter.context import Connection, Envelope, Header, Message, MessageCon
 from authmilter.pipeline import (ORDERED_CHECKS, CheckSpec, PipelineError, Results, evaluate, order_checks,
                                  skip_reason)
 from authmilter.results import Action, Dnssec, Status
-from tests.fakedns import FakeDns
+from testlab.fakedns import FakeDns
 from tests.test_arheader import parse_back
 
 # dkimpy stamps t= from the real clock when it signs, so the core is evaluated at the same moment.

@@ -9,7 +9,7 @@ import pytest
 
 from authmilter import policy
 from authmilter.checks import srs as srs_check
-from authmilter.checks.dmarc import DmarcResult
+from authmilter.checks.dmarc.check import DmarcResult
 from authmilter.checks.iprev import IprevResult
 from authmilter.checks.sender import SenderDomainResult
 from authmilter.checks.spf import SpfIdentityResult, SpfResult

@@ -10,7 +10,7 @@ from authmilter import resolver as resolver_module
 from authmilter.config import DnsSection, Nameserver, TrustAd
 from authmilter.resolver import Outcome, Resolver, to_query_name, trusts_ad
 from authmilter.results import Dnssec
-from tests.dnsserver import DnsServer, Fault
+from testlab.dnsserver import DnsServer, Fault
 
 ZONE = {
     "example.org": [{"TXT": "v=spf1 -all"}, {"TXT": ["v=DMARC1; ", "p=none"]}, {"MX": [10, "mx.example.org."]},

@@ -7,7 +7,7 @@ import pytest
 from authmilter.checks.sender import check_sender_domain
 from authmilter.context import Envelope
 from authmilter.results import Dnssec
-from tests.fakedns import FakeDns
+from testlab.fakedns import FakeDns
 
 ZONE = {
     "nullmx.example": {"MX": [(0, ".")], "A": ["192.0.2.10"]},

@@ -13,7 +13,7 @@ from authmilter.checks.spf import SpfResult, check_spf, received_spf_header
 from authmilter.config import SpfSection
 from authmilter.context import Connection, Envelope
 from authmilter.results import Dnssec, Status
-from tests.fakedns import FakeDns
+from testlab.fakedns import FakeDns
 
 ZONE = {
     "example.org": {"TXT": ["v=spf1 ip4:192.0.2.0/24 ip6:2001:db8:1::/48 -all exp=exp.example.org",

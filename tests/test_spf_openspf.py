@@ -1,7 +1,7 @@
 """The OpenSPF RFC 7208 test suite (203 cases), run through our real DNS path.
 
 Each case goes check_spf -> pyspf -> our DNS hook -> authmilter.resolver.Resolver (dnspython messages over UDP,
-TCP on truncation) -> tests/dnsserver.py serving the scenario's zonedata on loopback. Nothing patches pyspf's
+TCP on truncation) -> testlab/dnsserver.py serving the scenario's zonedata on loopback. Nothing patches pyspf's
 lookups except the hook that production uses. TIMEOUT records meet a short resolver timeout, so they cost a
 fraction of a second.
 """
@@ -19,7 +19,7 @@ from authmilter.config import DnsSection, SpfSection, TrustAd
 from authmilter.context import Connection, Envelope
 from authmilter.resolver import Resolver
 from authmilter.results import Status
-from tests.dnsserver import DnsServer
+from testlab.dnsserver import DnsServer
 
 SUITE = Path(__file__).resolve().parents[2] / "shared" / "corpora" / "openspf" / "rfc7208-tests.yml"
 EXPECTED_CASES = 203

@@ -17,12 +17,12 @@ import sys
 import pytest
 
 from authmilter.bodystream import BodyStream
-from authmilter.checks.dkim_body import BodyCanon, BodyHashKey, HashAlg
+from authmilter.checks.dkim.body import BodyCanon, BodyHashKey, HashAlg
 from authmilter.config import Config, DkimSection, TrustSection
 from authmilter.context import Connection, Envelope, Header, Message, MessageContext
 from authmilter.judge import Judgement, judge
 from authmilter.pipeline import body_hash_keys
-from tests.fakedns import FakeDns
+from testlab.fakedns import FakeDns
 from tests.test_dkim import ED25519, NOW, P, message_from_bytes, sign
 from tests.test_dkim_conformance import CORPUS, CORPUS_NOW, DATA, FILES, corpus_dns, rfc8463_dns
 
@@ -158,7 +158,7 @@ def test_nothing_is_hashed_without_signatures_or_for_a_trusted_client():
 
 @pytest.fixture()
 def keyed_dns():
-    from tests.dnsserver import DnsServer
+    from testlab.dnsserver import DnsServer
     from tests.test_adapter import ZONE as ADAPTER_ZONE
 
     zone = {**ADAPTER_ZONE,
@@ -225,7 +225,7 @@ def test_integer_conversions_used_by_rsa_verification_match_dkimpys():
 
     import dkim.crypto as crypto
 
-    from authmilter.checks import dkim as dkim_check
+    from authmilter.checks.dkim import check as dkim_check
 
     assert crypto.int2str is dkim_check._int2str  # importing our DKIM check installed the replacements
 

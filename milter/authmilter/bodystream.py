@@ -11,7 +11,7 @@ from __future__ import annotations
 import dataclasses
 
 from authmilter import pipeline
-from authmilter.checks.dkim_body import BodyHasher
+from authmilter.checks.dkim.body import BodyHasher
 from authmilter.config import Config
 from authmilter.context import Connection, Message
 

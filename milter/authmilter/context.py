@@ -7,7 +7,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
-    from authmilter.checks.dkim_body import BodyHash, BodyHashKey
+    from authmilter.checks.dkim.body import BodyHash, BodyHashKey
 
 IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
 

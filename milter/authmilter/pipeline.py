@@ -17,16 +17,16 @@ from dataclasses import dataclass, fields
 from types import MappingProxyType
 from typing import Any
 
-from authmilter.checks import dkim as dkim_check
-from authmilter.checks import dmarc as dmarc_check
+from authmilter.checks.dkim import check as dkim_check
+from authmilter.checks.dmarc import check as dmarc_check
 from authmilter.checks import forwarder as forwarder_check
 from authmilter.checks import iprev as iprev_check
 from authmilter.checks import sender as sender_check
 from authmilter.checks import spf as spf_check
 from authmilter.checks import srs as srs_check
-from authmilter.checks.dkim import DkimResult
-from authmilter.checks.dkim_body import BodyHashKey
-from authmilter.checks.dmarc import DmarcResult
+from authmilter.checks.dkim.check import DkimResult
+from authmilter.checks.dkim.body import BodyHashKey
+from authmilter.checks.dmarc.check import DmarcResult
 from authmilter.checks.iprev import IprevResult
 from authmilter.checks.sender import SenderDomainResult
 from authmilter.checks.spf import SpfResult

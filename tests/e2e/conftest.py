@@ -10,8 +10,8 @@ import os
 
 import pytest
 
-from tests.e2e import netns
-from tests.e2e.lab import Lab, missing_tools
+from testlab import netns
+from testlab.lab import Lab, missing_tools
 
 
 @pytest.fixture(scope="session")

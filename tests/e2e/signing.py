@@ -23,10 +23,10 @@ import nacl.signing
 from dkim.canonicalization import CanonicalizationPolicy
 from dkim.crypto import HASH_ALGORITHMS, parse_pem_private_key
 
-from tests.e2e.authzones import SELECTOR, LabKey
+from testlab.authzones import SELECTOR, LabKey
 from tests.e2e.headers import ParsedAR, parse_ar
-from tests.e2e.netns import wait_until
-from tests.e2e.zonedata import MX_NAME, RECIPIENT_DOMAIN
+from testlab.netns import wait_until
+from testlab.zonedata import MX_NAME, RECIPIENT_DOMAIN
 
 RCPT = f"user@{RECIPIENT_DOMAIN}"
 HOLD_TIMEOUT = 15.0

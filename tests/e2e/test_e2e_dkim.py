@@ -12,10 +12,10 @@ import time
 
 import pytest
 
-from tests.e2e.authzones import DKIM_DOMAIN, SELECTOR, keys
+from testlab.authzones import DKIM_DOMAIN, SELECTOR, keys
 from tests.e2e.signing import (FOLDED_SUBJECT, SIGNED_HEADERS, comments, message, our_ar, replace_header,
                                sign)
-from tests.e2e.zonedata import GOOD_V4
+from testlab.zonedata import GOOD_V4
 
 pytestmark = pytest.mark.e2e
 

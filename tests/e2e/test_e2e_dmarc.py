@@ -11,9 +11,9 @@ from dataclasses import dataclass
 
 import pytest
 
-from tests.e2e.authzones import IDN_A_LABEL, IDN_U_LABEL, SELECTOR, keys
+from testlab.authzones import IDN_A_LABEL, IDN_U_LABEL, SELECTOR, keys
 from tests.e2e.signing import ar_from_header_block, comments, held, message, our_ar, sign
-from tests.e2e.zonedata import GOOD_V4, STRANGER_V4
+from testlab.zonedata import GOOD_V4, STRANGER_V4
 
 pytestmark = pytest.mark.e2e
 

@@ -14,10 +14,10 @@ import time
 
 import pytest
 
-from tests.e2e.authzones import (PTR_ZONE_DEAD_V4, SRS1_FORWARDER_V4, SRS_FORWARDER_V4, TRUSTED_FORWARDER_V4,
+from testlab.authzones import (PTR_ZONE_DEAD_V4, SRS1_FORWARDER_V4, SRS_FORWARDER_V4, TRUSTED_FORWARDER_V4,
                                  TRUSTED_HOST, TRUSTED_HOST_V4, TWO_PTR_V4, UNTRUSTED_V4, keys)
 from tests.e2e.signing import ar_from_header_block, comments, held, message, our_ar, sign
-from tests.e2e.zonedata import (GOOD_V4, GOOD_V6, MISMATCH_V4, PTR_TEMPERROR_V4, RECIPIENT_DOMAIN,
+from testlab.zonedata import (GOOD_V4, GOOD_V6, MISMATCH_V4, PTR_TEMPERROR_V4, RECIPIENT_DOMAIN,
                                 STRANGER_V4, STRANGER_V6)
 
 pytestmark = pytest.mark.e2e

@@ -9,7 +9,7 @@ import re
 
 import pytest
 
-from tests.e2e.zonedata import GOOD_V4, GOOD_V6, LONG_TXT, RECIPIENT_DOMAIN, STRANGER_V4
+from testlab.zonedata import GOOD_V4, GOOD_V6, LONG_TXT, RECIPIENT_DOMAIN, STRANGER_V4
 
 pytestmark = pytest.mark.e2e
 

@@ -2,7 +2,7 @@
 
 Every test sends over SMTP from an address on the lab namespace's lo, reads the delivered message (or the SMTP
 reply), parses our Authentication-Results header back with authres and checks the milter's log line for that
-queue id. Zone data: tests/e2e/zonedata.py.
+queue id. Zone data: testlab/zonedata.py.
 """
 
 from __future__ import annotations
@@ -10,7 +10,7 @@ from __future__ import annotations
 import pytest
 
 from tests.e2e.headers import parse_ar
-from tests.e2e.zonedata import (GOOD_HELO, GOOD_V4, GOOD_V6, MX_NAME, RECIPIENT_DOMAIN, STRANGER_V4,
+from testlab.zonedata import (GOOD_HELO, GOOD_V4, GOOD_V6, MX_NAME, RECIPIENT_DOMAIN, STRANGER_V4,
                                 STRANGER_V6)
 
 pytestmark = pytest.mark.e2e

@@ -4,14 +4,14 @@ Each `Case` is one SMTP transaction: the envelope (client IP, HELO, MAIL FROM, R
 header fields as (name, value) byte pairs exactly as Postfix sends them with SMFIP_HDR_LEADSPC (the value keeps
 its leading space; folding is LF + WSP), and the body. `expect` says what a correct milter puts in its
 Authentication-Results header for it: how many entries of each method, and the DMARC result where it is
-determined by the input alone. DNS data for the cases is `ZONE` (served by tests/dnsserver.py).
+determined by the input alone. DNS data for the cases is `ZONE` (served by testlab/dnsserver.py).
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from bench.milterclient import split_message
+from testlab.milterclient import split_message
 from tests.hostile import signing
 
 CLIENT_IP = "192.0.2.1"

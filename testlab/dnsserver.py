@@ -2,7 +2,7 @@
 
 Usage:
 
-    from tests.dnsserver import DnsServer, Fault
+    from testlab.dnsserver import DnsServer, Fault
 
     zone = {                                   # the OpenSPF suite's `zonedata` shape (already parsed from YAML)
         "example.org": [{"TXT": "v=spf1 ip4:192.0.2.0/24 -all"}, {"MX": [10, "mx.example.org"]}],

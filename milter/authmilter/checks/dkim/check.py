@@ -26,9 +26,9 @@ from dkim.asn1 import ASN1FormatError
 from dkim.crypto import UnparsableKeyError
 from dkim.util import InvalidTagValueList, get_default_logger
 
-from authmilter.checks.dkim_body import BodyHash, BodyHashKey, hash_body
-from authmilter.checks.dkim_key import KeyProblem, PublicKey, fetch_key_record, parse_key_record
-from authmilter.checks.dkim_sig import (Identity, ParsedSignature, SignatureProblem, identity_of, lenient_identity,
+from authmilter.checks.dkim.body import BodyHash, BodyHashKey, hash_body
+from authmilter.checks.dkim.key import KeyProblem, PublicKey, fetch_key_record, parse_key_record
+from authmilter.checks.dkim.signature import (Identity, ParsedSignature, SignatureProblem, identity_of, lenient_identity,
                                         read_signature)
 from authmilter.config import DkimSection
 from authmilter.context import HEADER_LIMIT, Header, Message

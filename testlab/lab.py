@@ -26,9 +26,9 @@ from dataclasses import dataclass, field
 from email.parser import BytesParser
 from pathlib import Path
 
-from tests.e2e import dnslab, milterlab, postfixlab
-from tests.e2e.netns import LIFETIME_SECONDS, Namespace, Process, wait_until
-from tests.e2e.zonedata import CLIENT_V6, GOOD_HELO, GOOD_V4, RECIPIENT_DOMAIN, all_zones
+from testlab import dnslab, milterlab, postfixlab
+from testlab.netns import LIFETIME_SECONDS, Namespace, Process, wait_until
+from testlab.zonedata import CLIENT_V6, GOOD_HELO, GOOD_V4, RECIPIENT_DOMAIN, all_zones
 
 NAMESPACE_PREFIX = "authmilter-e2e-"
 SENDER_SCRIPT = Path(__file__).with_name("smtpsend.py")

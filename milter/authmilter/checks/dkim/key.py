@@ -16,7 +16,7 @@ import nacl.signing
 from dkim.crypto import parse_public_key
 from dkim.util import parse_tag_value
 
-from authmilter.checks.dkim_sig import ParsedSignature, SignatureProblem
+from authmilter.checks.dkim.signature import ParsedSignature, SignatureProblem
 from authmilter.resolver import Answer, DnsClient, Outcome
 from authmilter.results import Dnssec, Status
 

@@ -5,9 +5,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-from authmilter.checks.dmarcrecord import DmarcRecord, Request
-from authmilter.checks.fromheader import FromParse, parse_from_headers
-from authmilter.checks.orgdomain import (Discovery, PolicyLookups, TemporaryFailure, discover,
+from authmilter.checks.dmarc.record import DmarcRecord, Request
+from authmilter.checks.dmarc.fromheader import FromParse, parse_from_headers
+from authmilter.checks.dmarc.orgdomain import (Discovery, PolicyLookups, TemporaryFailure, discover,
                                          organizational_domain)
 from authmilter.config import DmarcSection
 from authmilter.context import HEADER_LIMIT, Message
@@ -15,7 +15,7 @@ from authmilter.resolver import DnsClient, Outcome
 from authmilter.results import AREntry, Dnssec, Property, Status, weakest
 
 if TYPE_CHECKING:  # type-only: keeps the check modules free of import cycles whatever the others import
-    from authmilter.checks.dkim import DkimResult
+    from authmilter.checks.dkim.check import DkimResult
     from authmilter.checks.spf import SpfResult
 
 MAX_ALIGNMENT_IDENTIFIERS = 10  # distinct passing DKIM domains we walk for relaxed alignment

@@ -17,7 +17,7 @@ from types import MappingProxyType
 
 from dkim.util import parse_tag_value
 
-from authmilter.checks.dkim_body import BodyCanon, BodyHashKey, HashAlg
+from authmilter.checks.dkim.body import BodyCanon, BodyHashKey, HashAlg
 from authmilter.errors import AuthmilterError
 from authmilter.results import Status
 

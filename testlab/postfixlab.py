@@ -11,7 +11,7 @@ import pwd
 import shutil
 from pathlib import Path
 
-from tests.e2e.zonedata import MX_NAME, RECIPIENT_DOMAIN
+from testlab.zonedata import MX_NAME, RECIPIENT_DOMAIN
 
 DAEMON_DIRECTORY = Path("/usr/lib/postfix/sbin")
 SMTP_PORT = 25              # the default variant

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import ipaddress
 
-from tests.e2e.dnslab import Signing, Zone
+from testlab.dnslab import Signing, Zone
 
 # ---------------------------------------------------------------- who sends from where
 # Every client address below lives on the namespace's lo (IPv6 ones are added by the lab, see CLIENT_V6).
@@ -101,9 +101,9 @@ def lab_records() -> dict[str, list[str]]:
 
 
 def auth_records() -> dict[str, list[str]]:
-    """DKIM keys, DMARC records, more PTRs, SRS/forwarder/null-MX domains: tests/e2e/authzones.py (imported here,
+    """DKIM keys, DMARC records, more PTRs, SRS/forwarder/null-MX domains: testlab/authzones.py (imported here,
     not at the top, because it imports this module's addresses)."""
-    from tests.e2e import authzones
+    from testlab import authzones
     return authzones.auth_records()
 
 

@@ -26,8 +26,8 @@ from functools import cache
 
 import nacl.signing
 
-from tests.e2e.dnslab import DEAD_ADDRESS
-from tests.e2e.zonedata import GOOD_V4, txt
+from testlab.dnslab import DEAD_ADDRESS
+from testlab.zonedata import GOOD_V4, txt
 
 # ---------------------------------------------------------------- clients (all on the namespace's lo)
 SRS_FORWARDER_V4 = "127.0.0.30"      # fwd.example's outbound server: writes SRS0 addresses

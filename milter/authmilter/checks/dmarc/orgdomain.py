@@ -10,7 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from functools import lru_cache
 
-from authmilter.checks.dmarcrecord import DmarcRecord, Psd, RecordSet, select_record
+from authmilter.checks.dmarc.record import DmarcRecord, Psd, RecordSet, select_record
 from authmilter.config import OrgDomainMethod
 from authmilter.resolver import DnsClient, Outcome
 from authmilter.results import Dnssec, weakest

@@ -1,5 +1,5 @@
 """CPU cost of DKIM body hashing on a 2 MB message: dkimpy's whole-message path against ours (a measurement, not a
-test; run `.venv/bin/python tests/data/dkim/bench_body_hash.py`).
+test; run `.venv/bin/python -m bench.body_hash`).
 
 Prints the best of several runs, in milliseconds of process CPU time, for:
 - sha256 of the raw body (the floor),
@@ -17,17 +17,28 @@ import sys
 import time
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[3]
+ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 import dkim  # noqa: E402
 from dkim.canonicalization import Relaxed  # noqa: E402
 
-from authmilter.checks.dkim import check_dkim  # noqa: E402
-from authmilter.checks.dkim_body import BodyCanon, BodyHasher, BodyHashKey, HashAlg  # noqa: E402
+from authmilter.checks.dkim.check import check_dkim  # noqa: E402
+from authmilter.checks.dkim.body import BodyCanon, BodyHasher, BodyHashKey, HashAlg  # noqa: E402
 from authmilter.config import DkimSection  # noqa: E402
-from tests.fakedns import FakeDns  # noqa: E402
-from tests.test_dkim import P, RSA2048, message_from_bytes  # noqa: E402
+from testlab.fakedns import FakeDns  # noqa: E402
+from authmilter.cli import parse_message  # noqa: E402
+from authmilter.context import Header, Message  # noqa: E402
+
+# The throw-away test keys (data, not code: the bench imports no test module).
+KEYS = ROOT / "tests" / "data" / "dkim" / "keys"
+RSA2048 = (KEYS / "rsa2048.key").read_bytes().strip()
+RSA2048_PUBLIC = (KEYS / "rsa2048.pub.b64").read_text().strip()
+
+
+def message_from_bytes(raw: bytes) -> Message:
+    headers, body = parse_message(raw)
+    return Message(tuple(Header(name, value) for name, value in headers), body)
 
 WORDS = "the quick brown fox jumps over lazy dog lorem ipsum dolor sit amet mail body text".split()
 
@@ -68,7 +79,7 @@ def measure(body: bytes, wsp_runs: bool) -> None:
     unsigned = head + body
     signature = dkim.sign(unsigned, b"sel", b"example.org", RSA2048, canonicalize=(b"relaxed", b"relaxed"))
     message = signature + unsigned
-    record = f"v=DKIM1; k=rsa; p={P['rsa2048']}"
+    record = f"v=DKIM1; k=rsa; p={RSA2048_PUBLIC}"
     msg = message_from_bytes(message)
     dns_zone = {"sel._domainkey.example.org": {"TXT": [record]}}
 

@@ -9,7 +9,7 @@
 
     DaemonRunner(tmp_path, config=INI_TEXT, launcher=script)   # a test's own INI, or a script instead of the CLI
 
-What the daemon asked the MTA to change is decoded by bench.milterclient's Outcome (inserted(), header_changes()).
+What the daemon asked the MTA to change is decoded by testlab.milterclient's Outcome (inserted(), header_changes()).
 
 Bounds: the daemon runs under coreutils `timeout` (killed after `lifetime` seconds whatever happens to the test
 process), and additionally dies with the test process (PR_SET_PDEATHSIG on the `timeout` process). Signals go to

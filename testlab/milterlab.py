@@ -9,8 +9,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from tests.e2e.dnslab import UNBOUND_ADDRESS
-from tests.e2e.zonedata import MX_NAME
+from testlab.dnslab import UNBOUND_ADDRESS
+from testlab.zonedata import MX_NAME
 
 Overrides = dict[str, dict[str, str]]
 
