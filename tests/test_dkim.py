@@ -24,7 +24,7 @@ from dkim.crypto import RSASSA_PKCS1_v1_5_sign, parse_pem_private_key
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from authmilter.arheader import render_entries
+from authmilter.renderer import render_entries
 from authmilter.checks.dkim.check import DkimResult, check_dkim
 from authmilter.checks.dkim.body import (BodyCanon, BodyCanonicalizer, BodyHasher, BodyHashKey, HashAlg,
                                          canonicalize, hash_body, relax, relax_reference)

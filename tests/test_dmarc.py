@@ -367,11 +367,11 @@ HOSTILE_ZONE["_dmarc.hostile.example"] = dmarc("v=DMARC1; p=reject; x) dmarc=pas
 def test_rendered_header_has_exactly_one_dmarc_result(from_):
     import authres
 
-    from authmilter.arheader import render
-    from authmilter.pipeline import Results
+    from authmilter.renderer import render
+    from authmilter.pipeline import results_of
 
     result = check_dmarc(message(from_), spf("example.com"), None, FakeDns(HOSTILE_ZONE), CFG)
-    value = render("mx.example", Results(dmarc=result))
+    value = render("mx.example", results_of(dmarc=result))
     parsed = authres.AuthenticationResultsHeader.parse("Authentication-Results:" + value.replace("\n\t", " "))
     assert [(r.method, r.result) for r in parsed.results] == [("dmarc", result.status.value)]
     assert result.status is not Status.PASS

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from authmilter import arheader, logline
+from authmilter import logline, renderer
 from authmilter.checks.dkim import signature as dkim_sig
 from authmilter.checks.dmarc.fromheader import MAX_FROM_BYTES, parse_from_value
 from tests.test_resolver import FakeClock, make, server  # noqa: F401 - `server` is a pytest fixture
@@ -50,7 +50,7 @@ def test_from_parse_memo(raw, domain, error):
 
 def test_keyword_and_log_key_cleaning_unchanged_for_long_input():
     long_keyword = "a-" * 100 + "b"
-    assert arheader.clean_keyword(long_keyword) == ("a-" * 100 + "b")[:arheader.MAX_KEYWORD]
-    assert arheader.clean_keyword("dkim") == "dkim" and arheader.clean_keyword("d k(i)m") == "dkim"
+    assert renderer.clean_keyword(long_keyword) == ("a-" * 100 + "b")[:renderer.MAX_KEYWORD]
+    assert renderer.clean_keyword("dkim") == "dkim" and renderer.clean_keyword("d k(i)m") == "dkim"
     assert logline.format_key("DKIM Domain") == "dkim_domain"
     assert logline.format_key("K" * 100) == "k" * 64

@@ -32,5 +32,5 @@ def test_check_command_judges_without_loading_the_milter_module(tmp_path):
 def test_the_milter_uses_the_same_judge():
     from authmilter import adapter, judge
 
-    assert adapter.judge is judge.judge
-    assert adapter.Runtime is judge.Runtime and adapter.RuntimeRef is judge.RuntimeRef
+    assert adapter.judge_message is judge.judge_message
+    assert adapter.judge_recipient is judge.judge_recipient

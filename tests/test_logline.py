@@ -15,7 +15,7 @@ from authmilter.checks.spf import SpfIdentityResult, SpfResult
 from authmilter.checks.srs import SrsInfo
 from authmilter.context import Connection, Envelope, MessageContext
 from authmilter.logline import MAX_VALUE, format_line, format_value
-from authmilter.pipeline import Results
+from authmilter.pipeline import results_of
 from authmilter.results import ACCEPT, Action, Dnssec, Status, Verdict
 
 PAIR = re.compile(r'([a-z0-9_]+)=("(?:[^"\\]|\\.)*"|[^\s"]+)')
@@ -39,7 +39,7 @@ def ctx(helo="mail.example.org", mail_from="user@example.org", rcpts=("a@example
 SPF_PASS = SpfResult(SpfIdentityResult("mailfrom", "user@example.org", "example.org", Status.PASS,
                                        dnssec=Dnssec.INSECURE),
                      SpfIdentityResult("helo", "postmaster@mail.example.org", "mail.example.org", Status.NONE))
-FULL = Results(
+FULL = results_of(
     iprev=IprevResult(Status.PASS, "192.0.2.1", "mail.example.org", dnssec=Dnssec.INSECURE),
     spf=SPF_PASS,
     sender=SenderDomainResult("example.org"),
@@ -63,7 +63,7 @@ def test_full_line_has_every_field_in_order():
 
 
 def test_reject_with_override_srs_and_forwarder():
-    results = Results(srs=SrsInfo("SRS0", "fwd.example.net", "user@example.org"), spf=SPF_PASS,
+    results = results_of(srs=SrsInfo("SRS0", "fwd.example.net", "user@example.org"), spf=SPF_PASS,
                       forwarder="network 203.0.113.0/24", dns_deadline_expired=True)
     verdict = Verdict(Action.QUARANTINE, reason="trusted_forwarder:dmarc_reject", overridden="trusted_forwarder")
     fields = parse_line(format_line(ctx(mail_from="SRS0=h=t=example.org=user@fwd.example.net"), results, verdict, 3))
@@ -83,7 +83,7 @@ def test_refusal_logs_the_reply_code():
 
 
 def test_skipped_message_and_null_sender():
-    fields = parse_line(format_line(ctx(mail_from="", ip="127.0.0.1"), Results(skipped="trusted_network"),
+    fields = parse_line(format_line(ctx(mail_from="", ip="127.0.0.1"), results_of(skipped="trusted_network"),
                                     Verdict(Action.ACCEPT, reason="trusted_network"), 0.04))
     assert fields["mail_from"] == "<>" and fields["skipped"] == "trusted_network"
     assert (fields["spf"], fields["dkim"], fields["dmarc"], fields["iprev"]) == ("-", "-", "-", "-")
@@ -120,9 +120,12 @@ class GreedyResult:
     def log_fields(self) -> dict[str, str]:
         return {"dmarc": "pass", "action": "accept", "queue_id": "x", "Bad Key!": "v"}
 
+    def dnssec_statuses(self) -> tuple:
+        return ()
+
 
 def test_a_check_cannot_overwrite_fields():
-    results = Results(dmarc=GreedyResult())  # type: ignore[arg-type]
+    results = results_of(dmarc=GreedyResult())  # type: ignore[arg-type]
     fields = parse_line(format_line(ctx(), results, Verdict(Action.REJECT, "550", "5.7.1", "x", "r"), 1))
     assert (fields["action"], fields["queue_id"], fields["dmarc"]) == ("reject", "4AbCd", "pass")
     assert fields["bad_key_"] == "v"

@@ -11,14 +11,14 @@ from pathlib import Path
 import dkim as dkimpy
 import pytest
 
-from authmilter import arheader, logline, policy
+from authmilter import logline, policy, renderer
 from authmilter.config import Config
 from authmilter.context import Connection, Envelope, Header, Message, MessageContext
-from authmilter.pipeline import (ORDERED_CHECKS, CheckSpec, PipelineError, Results, evaluate, order_checks,
+from authmilter.pipeline import (ORDERED_CHECKS, CheckSpec, PipelineError, evaluate, results_of, order_checks,
                                  skip_reason)
 from authmilter.results import Action, Dnssec, Status
 from testlab.fakedns import FakeDns
-from tests.test_arheader import parse_back
+from tests.test_renderer import parse_back
 
 # dkimpy stamps t= from the real clock when it signs, so the core is evaluated at the same moment.
 NOW = time.time()
@@ -81,7 +81,10 @@ def test_outputs_become_results_fields():
     forwarder = CheckSpec("forwarder", (), lambda inputs: "network 192.0.2.0/24")
     results = evaluate(context(), FakeDns({}), cfg(trust={"networks": ()}), now=NOW,
                        checks=[forwarder, spec("internal_value")])
-    assert results == Results(forwarder="network 192.0.2.0/24")
+    assert [step.name for step in results.steps] == ["forwarder", "internal_value"]
+    assert results.forwarder == "network 192.0.2.0/24"
+    assert results.get("internal_value") == "internal_value-result"
+    assert list(results.methods()) == []  # neither step is shown: nothing in the header or the DNSSEC summary
 
 
 def test_a_check_that_raises_is_a_bug_and_is_not_swallowed():
@@ -160,7 +163,7 @@ def run_core(ctx: MessageContext, config: Config = UNCHECKED, dns: FakeDns | Non
     dns = dns or FakeDns(ZONE)
     results = evaluate(ctx, dns, config, now=NOW)
     verdict = policy.decide(results, ctx, config)
-    value = arheader.render("mx.example.net", results)
+    value = renderer.render("mx.example.net", results)
     line = logline.format_line(ctx, results, verdict, 12.5)
     return results, verdict, parse_back(value), line
 
@@ -258,4 +261,4 @@ def test_results_dnssec_is_the_weakest_of_the_checks():
 
 def test_results_is_frozen():
     with pytest.raises(AttributeError):
-        Results().skipped = "x"  # type: ignore[misc]
+        results_of().skipped = "x"  # type: ignore[misc]

@@ -15,7 +15,7 @@ from authmilter.checks.sender import SenderDomainResult
 from authmilter.checks.spf import SpfIdentityResult, SpfResult
 from authmilter.config import Config
 from authmilter.context import Connection, Envelope, MessageContext
-from authmilter.pipeline import Results
+from authmilter.pipeline import evaluate_recipient, results_of
 from authmilter.results import Action, Status
 
 NOW = 1_790_000_000.0
@@ -46,7 +46,7 @@ def ctx(*rcpts: str) -> MessageContext:
                           Envelope("user@example.org", rcpts or ("bob@example.net",), queue_id="4AbCd"))
 
 
-PASSING = Results(iprev=iprev(Status.PASS), spf=spf(Status.PASS), dmarc=dmarc(Status.PASS))
+PASSING = results_of(iprev=iprev(Status.PASS), spf=spf(Status.PASS), dmarc=dmarc(Status.PASS))
 DMARC_REJECT = dmarc(Status.FAIL, "reject", policy="reject")
 DMARC_QUARANTINE = dmarc(Status.FAIL, "quarantine", policy="quarantine")
 REJECT_SPF = {"fail_action": Action.REJECT}
@@ -54,111 +54,111 @@ REJECT_SPF = {"fail_action": Action.REJECT}
 # (id, results, config sections, expected (action, code, status, reason, overridden))
 CASES = [
     ("all pass", PASSING, {}, (Action.ACCEPT, "", "", "accept", "")),
-    ("nothing ran", Results(), {}, (Action.ACCEPT, "", "", "accept", "")),
-    ("trusted network", Results(skipped="trusted_network"), {}, (Action.ACCEPT, "", "", "trusted_network", "")),
-    ("authenticated", Results(skipped="authenticated"), {}, (Action.ACCEPT, "", "", "authenticated", "")),
+    ("nothing ran", results_of(), {}, (Action.ACCEPT, "", "", "accept", "")),
+    ("trusted network", results_of(skipped="trusted_network"), {}, (Action.ACCEPT, "", "", "trusted_network", "")),
+    ("authenticated", results_of(skipped="authenticated"), {}, (Action.ACCEPT, "", "", "authenticated", "")),
     # DMARC
-    ("from error", Results(dmarc=dmarc(Status.PERMERROR, from_error=True, from_domain="")), {},
+    ("from error", results_of(dmarc=dmarc(Status.PERMERROR, from_error=True, from_domain="")), {},
      (Action.REJECT, "550", "5.7.1", "dmarc_from_error", "")),
-    ("from error accepted by config", Results(dmarc=dmarc(Status.PERMERROR, from_error=True)),
+    ("from error accepted by config", results_of(dmarc=dmarc(Status.PERMERROR, from_error=True)),
      {"dmarc": {"from_error_action": Action.ACCEPT}}, (Action.ACCEPT, "", "", "accept", "")),
-    ("dmarc reject", Results(dmarc=DMARC_REJECT), {}, (Action.REJECT, "550", "5.7.1", "dmarc_reject", "")),
-    ("dmarc reject downgraded", Results(dmarc=DMARC_REJECT), {"dmarc": {"reject_action": Action.QUARANTINE}},
+    ("dmarc reject", results_of(dmarc=DMARC_REJECT), {}, (Action.REJECT, "550", "5.7.1", "dmarc_reject", "")),
+    ("dmarc reject downgraded", results_of(dmarc=DMARC_REJECT), {"dmarc": {"reject_action": Action.QUARANTINE}},
      (Action.QUARANTINE, "", "", "dmarc_reject", "")),
-    ("dmarc reject ignored", Results(dmarc=DMARC_REJECT), {"dmarc": {"reject_action": Action.ACCEPT}},
+    ("dmarc reject ignored", results_of(dmarc=DMARC_REJECT), {"dmarc": {"reject_action": Action.ACCEPT}},
      (Action.ACCEPT, "", "", "accept", "")),
-    ("dmarc quarantine", Results(dmarc=DMARC_QUARANTINE), {}, (Action.QUARANTINE, "", "", "dmarc_quarantine", "")),
-    ("dmarc quarantine as header only", Results(dmarc=DMARC_QUARANTINE),
+    ("dmarc quarantine", results_of(dmarc=DMARC_QUARANTINE), {}, (Action.QUARANTINE, "", "", "dmarc_quarantine", "")),
+    ("dmarc quarantine as header only", results_of(dmarc=DMARC_QUARANTINE),
      {"dmarc": {"quarantine_action": Action.ACCEPT}}, (Action.ACCEPT, "", "", "accept", "")),
-    ("dmarc fail p=none", Results(dmarc=dmarc(Status.FAIL, "none", policy="none")), {},
+    ("dmarc fail p=none", results_of(dmarc=dmarc(Status.FAIL, "none", policy="none")), {},
      (Action.ACCEPT, "", "", "accept", "")),
     ("dmarc fail t=y lowered reject to quarantine",
-     Results(dmarc=dmarc(Status.FAIL, "quarantine", policy="reject", testing=True)), {},
+     results_of(dmarc=dmarc(Status.FAIL, "quarantine", policy="reject", testing=True)), {},
      (Action.QUARANTINE, "", "", "dmarc_quarantine", "")),
-    ("dmarc temperror accepted by default", Results(dmarc=dmarc(Status.TEMPERROR)), {},
+    ("dmarc temperror accepted by default", results_of(dmarc=dmarc(Status.TEMPERROR)), {},
      (Action.ACCEPT, "", "", "accept", "")),
-    ("dmarc temperror tempfails", Results(dmarc=dmarc(Status.TEMPERROR)),
+    ("dmarc temperror tempfails", results_of(dmarc=dmarc(Status.TEMPERROR)),
      {"dmarc": {"temperror_action": Action.TEMPFAIL}}, (Action.TEMPFAIL, "451", "4.7.1", "dmarc_temperror", "")),
     # trusted forwarders (issue 4)
-    ("forwarder: dmarc reject accepted", Results(dmarc=DMARC_REJECT, forwarder="network 192.0.2.0/24"), {},
+    ("forwarder: dmarc reject accepted", results_of(dmarc=DMARC_REJECT, forwarder="network 192.0.2.0/24"), {},
      (Action.ACCEPT, "", "", "trusted_forwarder:dmarc_reject", "trusted_forwarder")),
-    ("forwarder: dmarc reject quarantined", Results(dmarc=DMARC_REJECT, forwarder="host lists.example.edu"),
+    ("forwarder: dmarc reject quarantined", results_of(dmarc=DMARC_REJECT, forwarder="host lists.example.edu"),
      {"forwarders": {"dmarc_fail_action": Action.QUARANTINE}},
      (Action.QUARANTINE, "", "", "trusted_forwarder:dmarc_reject", "trusted_forwarder")),
-    ("forwarder: never stricter than DMARC alone", Results(dmarc=DMARC_QUARANTINE, forwarder="network 10.0.0.0/8"),
+    ("forwarder: never stricter than DMARC alone", results_of(dmarc=DMARC_QUARANTINE, forwarder="network 10.0.0.0/8"),
      {"forwarders": {"dmarc_fail_action": Action.QUARANTINE}, "dmarc": {"quarantine_action": Action.ACCEPT}},
      (Action.ACCEPT, "", "", "accept", "")),
-    ("forwarder: spf fail exempt", Results(spf=spf(Status.FAIL), forwarder="network 10.0.0.0/8"),
+    ("forwarder: spf fail exempt", results_of(spf=spf(Status.FAIL), forwarder="network 10.0.0.0/8"),
      {"spf": REJECT_SPF}, (Action.ACCEPT, "", "", "accept", "")),
-    ("forwarder: spf softfail exempt", Results(spf=spf(Status.SOFTFAIL), forwarder="network 10.0.0.0/8"),
+    ("forwarder: spf softfail exempt", results_of(spf=spf(Status.SOFTFAIL), forwarder="network 10.0.0.0/8"),
      {"spf": {"softfail_action": Action.QUARANTINE}}, (Action.ACCEPT, "", "", "accept", "")),
     ("forwarder: still refused on null MX",
-     Results(sender=SenderDomainResult("example.org", null_mx=True), forwarder="network 10.0.0.0/8"), {},
+     results_of(sender=SenderDomainResult("example.org", null_mx=True), forwarder="network 10.0.0.0/8"), {},
      (Action.REJECT, "550", "5.7.27", "null_mx", "")),
     # SPF
-    ("spf fail accepted by default", Results(spf=spf(Status.FAIL)), {}, (Action.ACCEPT, "", "", "accept", "")),
-    ("spf fail rejects", Results(spf=spf(Status.FAIL)), {"spf": REJECT_SPF},
+    ("spf fail accepted by default", results_of(spf=spf(Status.FAIL)), {}, (Action.ACCEPT, "", "", "accept", "")),
+    ("spf fail rejects", results_of(spf=spf(Status.FAIL)), {"spf": REJECT_SPF},
      (Action.REJECT, "550", "5.7.23", "spf_fail", "")),
-    ("spf fail quarantines", Results(spf=spf(Status.FAIL)), {"spf": {"fail_action": Action.QUARANTINE}},
+    ("spf fail quarantines", results_of(spf=spf(Status.FAIL)), {"spf": {"fail_action": Action.QUARANTINE}},
      (Action.QUARANTINE, "", "", "spf_fail", "")),
-    ("spf fail but dmarc pass", Results(spf=spf(Status.FAIL), dmarc=dmarc(Status.PASS)), {"spf": REJECT_SPF},
+    ("spf fail but dmarc pass", results_of(spf=spf(Status.FAIL), dmarc=dmarc(Status.PASS)), {"spf": REJECT_SPF},
      (Action.ACCEPT, "", "", "accept", "")),
-    ("spf fail, dmarc pass, no override", Results(spf=spf(Status.FAIL), dmarc=dmarc(Status.PASS)),
+    ("spf fail, dmarc pass, no override", results_of(spf=spf(Status.FAIL), dmarc=dmarc(Status.PASS)),
      {"spf": REJECT_SPF, "policy": {"dmarc_pass_overrides_spf": False}},
      (Action.REJECT, "550", "5.7.23", "spf_fail", "")),
-    ("spf softfail", Results(spf=spf(Status.SOFTFAIL)), {"spf": {"softfail_action": Action.QUARANTINE}},
+    ("spf softfail", results_of(spf=spf(Status.SOFTFAIL)), {"spf": {"softfail_action": Action.QUARANTINE}},
      (Action.QUARANTINE, "", "", "spf_softfail", "")),
-    ("spf temperror accepted by default", Results(spf=spf(Status.TEMPERROR)), {},
+    ("spf temperror accepted by default", results_of(spf=spf(Status.TEMPERROR)), {},
      (Action.ACCEPT, "", "", "accept", "")),
-    ("spf temperror tempfails", Results(spf=spf(Status.TEMPERROR)), {"spf": {"temperror_action": Action.TEMPFAIL}},
+    ("spf temperror tempfails", results_of(spf=spf(Status.TEMPERROR)), {"spf": {"temperror_action": Action.TEMPFAIL}},
      (Action.TEMPFAIL, "451", "4.7.24", "spf_temperror", "")),
-    ("spf permerror rejects", Results(spf=spf(Status.PERMERROR)), {"spf": {"permerror_action": Action.REJECT}},
+    ("spf permerror rejects", results_of(spf=spf(Status.PERMERROR)), {"spf": {"permerror_action": Action.REJECT}},
      (Action.REJECT, "550", "5.7.24", "spf_permerror", "")),
     # iprev, sender domain
-    ("iprev fail accepted by default", Results(iprev=iprev(Status.FAIL)), {}, (Action.ACCEPT, "", "", "accept", "")),
-    ("iprev fail rejects", Results(iprev=iprev(Status.FAIL)), {"iprev": {"fail_action": Action.REJECT}},
+    ("iprev fail accepted by default", results_of(iprev=iprev(Status.FAIL)), {}, (Action.ACCEPT, "", "", "accept", "")),
+    ("iprev fail rejects", results_of(iprev=iprev(Status.FAIL)), {"iprev": {"fail_action": Action.REJECT}},
      (Action.REJECT, "550", "5.7.25", "iprev_fail", "")),
-    ("iprev permerror (no PTR) rejects like fail", Results(iprev=iprev(Status.PERMERROR)),
+    ("iprev permerror (no PTR) rejects like fail", results_of(iprev=iprev(Status.PERMERROR)),
      {"iprev": {"fail_action": Action.REJECT}}, (Action.REJECT, "550", "5.7.25", "iprev_fail", "")),
-    ("iprev temperror tempfails", Results(iprev=iprev(Status.TEMPERROR)),
+    ("iprev temperror tempfails", results_of(iprev=iprev(Status.TEMPERROR)),
      {"iprev": {"temperror_action": Action.TEMPFAIL}}, (Action.TEMPFAIL, "451", "4.7.25", "iprev_temperror", "")),
-    ("null MX", Results(sender=SenderDomainResult("example.org", null_mx=True)), {},
+    ("null MX", results_of(sender=SenderDomainResult("example.org", null_mx=True)), {},
      (Action.REJECT, "550", "5.7.27", "null_mx", "")),
-    ("null MX accepted by config", Results(sender=SenderDomainResult("example.org", null_mx=True)),
+    ("null MX accepted by config", results_of(sender=SenderDomainResult("example.org", null_mx=True)),
      {"sender": {"null_mx_action": Action.ACCEPT}}, (Action.ACCEPT, "", "", "accept", "")),
-    ("no address accepted by default", Results(sender=SenderDomainResult("example.org", no_address=True)), {},
+    ("no address accepted by default", results_of(sender=SenderDomainResult("example.org", no_address=True)), {},
      (Action.ACCEPT, "", "", "accept", "")),
-    ("no address rejects", Results(sender=SenderDomainResult("example.org", no_address=True)),
+    ("no address rejects", results_of(sender=SenderDomainResult("example.org", no_address=True)),
      {"sender": {"no_address_action": Action.REJECT}}, (Action.REJECT, "550", "5.1.8", "sender_no_address", "")),
-    ("no address tempfails", Results(sender=SenderDomainResult("example.org", no_address=True)),
+    ("no address tempfails", results_of(sender=SenderDomainResult("example.org", no_address=True)),
      {"sender": {"no_address_action": Action.TEMPFAIL}},
      (Action.TEMPFAIL, "451", "4.1.8", "sender_no_address", "")),
-    ("sender DNS failure is not no-address", Results(sender=SenderDomainResult("example.org", temporary=True)),
+    ("sender DNS failure is not no-address", results_of(sender=SenderDomainResult("example.org", temporary=True)),
      {"sender": {"no_address_action": Action.REJECT}}, (Action.ACCEPT, "", "", "accept", "")),
     # precedence between rules
-    ("dmarc reject before spf fail", Results(spf=spf(Status.FAIL), dmarc=DMARC_REJECT), {"spf": REJECT_SPF},
+    ("dmarc reject before spf fail", results_of(spf=spf(Status.FAIL), dmarc=DMARC_REJECT), {"spf": REJECT_SPF},
      (Action.REJECT, "550", "5.7.1", "dmarc_reject", "")),
-    ("from error before everything", Results(spf=spf(Status.FAIL), dmarc=dmarc(Status.PERMERROR, from_error=True),
+    ("from error before everything", results_of(spf=spf(Status.FAIL), dmarc=dmarc(Status.PERMERROR, from_error=True),
                                              sender=SenderDomainResult("example.org", null_mx=True)),
      {"spf": REJECT_SPF}, (Action.REJECT, "550", "5.7.1", "dmarc_from_error", "")),
-    ("reject before tempfail", Results(spf=spf(Status.TEMPERROR), sender=SenderDomainResult("x.org", null_mx=True)),
+    ("reject before tempfail", results_of(spf=spf(Status.TEMPERROR), sender=SenderDomainResult("x.org", null_mx=True)),
      {"spf": {"temperror_action": Action.TEMPFAIL}}, (Action.REJECT, "550", "5.7.27", "null_mx", "")),
-    ("tempfail before quarantine", Results(iprev=iprev(Status.TEMPERROR), dmarc=DMARC_QUARANTINE),
+    ("tempfail before quarantine", results_of(iprev=iprev(Status.TEMPERROR), dmarc=DMARC_QUARANTINE),
      {"iprev": {"temperror_action": Action.TEMPFAIL}},
      (Action.TEMPFAIL, "451", "4.7.25", "iprev_temperror", "")),
-    ("iprev reject before dmarc quarantine", Results(iprev=iprev(Status.FAIL), dmarc=DMARC_QUARANTINE),
+    ("iprev reject before dmarc quarantine", results_of(iprev=iprev(Status.FAIL), dmarc=DMARC_QUARANTINE),
      {"iprev": {"fail_action": Action.REJECT}}, (Action.REJECT, "550", "5.7.25", "iprev_fail", "")),
-    ("an accepted rule lets the next one decide", Results(spf=spf(Status.FAIL), iprev=iprev(Status.FAIL)),
+    ("an accepted rule lets the next one decide", results_of(spf=spf(Status.FAIL), iprev=iprev(Status.FAIL)),
      {"iprev": {"fail_action": Action.REJECT}}, (Action.REJECT, "550", "5.7.25", "iprev_fail", "")),
     # monitor mode
-    ("monitor: reject recorded, accepted", Results(dmarc=DMARC_REJECT), {"policy": {"enforce": False}},
+    ("monitor: reject recorded, accepted", results_of(dmarc=DMARC_REJECT), {"policy": {"enforce": False}},
      (Action.ACCEPT, "", "", "monitor:dmarc_reject", "local_policy")),
-    ("monitor: quarantine lifted too", Results(dmarc=DMARC_QUARANTINE), {"policy": {"enforce": False}},
+    ("monitor: quarantine lifted too", results_of(dmarc=DMARC_QUARANTINE), {"policy": {"enforce": False}},
      (Action.ACCEPT, "", "", "monitor:dmarc_quarantine", "local_policy")),
-    ("monitor: tempfail accepted", Results(spf=spf(Status.TEMPERROR)),
+    ("monitor: tempfail accepted", results_of(spf=spf(Status.TEMPERROR)),
      {"policy": {"enforce": False}, "spf": {"temperror_action": Action.TEMPFAIL}},
      (Action.ACCEPT, "", "", "monitor:spf_temperror", "local_policy")),
-    ("monitor: forwarder override kept", Results(dmarc=DMARC_REJECT, forwarder="network 10.0.0.0/8"),
+    ("monitor: forwarder override kept", results_of(dmarc=DMARC_REJECT, forwarder="network 10.0.0.0/8"),
      {"policy": {"enforce": False}, "forwarders": {"dmarc_fail_action": Action.QUARANTINE}},
      (Action.ACCEPT, "", "", "monitor:trusted_forwarder:dmarc_reject", "trusted_forwarder")),
 ]
@@ -174,19 +174,19 @@ def test_decide(name, results, sections, expected):
 
 # (id, rcpts, results, sections, expected action, reason)
 POSTMASTER = [
-    ("postmaster only", ("postmaster@example.net",), Results(dmarc=DMARC_REJECT), {},
+    ("postmaster only", ("postmaster@example.net",), results_of(dmarc=DMARC_REJECT), {},
      Action.ACCEPT, "postmaster:dmarc_reject"),
-    ("case-insensitive, abuse", ("Abuse@Example.NET", "POSTMASTER@other.example"), Results(dmarc=DMARC_REJECT), {},
+    ("case-insensitive, abuse", ("Abuse@Example.NET", "POSTMASTER@other.example"), results_of(dmarc=DMARC_REJECT), {},
      Action.ACCEPT, "postmaster:dmarc_reject"),
-    ("bare postmaster", ("<Postmaster>",), Results(sender=SenderDomainResult("x.org", null_mx=True)), {},
+    ("bare postmaster", ("<Postmaster>",), results_of(sender=SenderDomainResult("x.org", null_mx=True)), {},
      Action.ACCEPT, "postmaster:null_mx"),
-    ("tempfail too", ("postmaster@example.net",), Results(spf=spf(Status.TEMPERROR)),
+    ("tempfail too", ("postmaster@example.net",), results_of(spf=spf(Status.TEMPERROR)),
      {"spf": {"temperror_action": Action.TEMPFAIL}}, Action.ACCEPT, "postmaster:spf_temperror"),
-    ("mixed list is not exempt", ("postmaster@example.net", "bob@example.net"), Results(dmarc=DMARC_REJECT), {},
+    ("mixed list is not exempt", ("postmaster@example.net", "bob@example.net"), results_of(dmarc=DMARC_REJECT), {},
      Action.REJECT, "dmarc_reject"),
-    ("lookalike is not exempt", ("postmaster+x@example.net",), Results(dmarc=DMARC_REJECT), {},
+    ("lookalike is not exempt", ("postmaster+x@example.net",), results_of(dmarc=DMARC_REJECT), {},
      Action.REJECT, "dmarc_reject"),
-    ("quarantine still applies", ("postmaster@example.net",), Results(dmarc=DMARC_QUARANTINE), {},
+    ("quarantine still applies", ("postmaster@example.net",), results_of(dmarc=DMARC_QUARANTINE), {},
      Action.QUARANTINE, "dmarc_quarantine"),
 ]
 
@@ -198,19 +198,19 @@ def test_postmaster_and_abuse_are_never_refused(name, rcpts, results, sections, 
 
 
 def test_spf_reject_shows_the_explanation_made_safe():
-    results = Results(spf=spf(Status.FAIL, explanation="100% forged\r\n550 5.7.1 ok\x00 see <http://x.example/>"))
+    results = results_of(spf=spf(Status.FAIL, explanation="100% forged\r\n550 5.7.1 ok\x00 see <http://x.example/>"))
     verdict = policy.decide(results, ctx(), cfg(spf=REJECT_SPF))
     assert verdict.text == "SPF validation failed: 100%% forged 550 5.7.1 ok see <http://x.example/>"
 
 
 def test_spf_reject_without_explanation_when_configured():
-    results = Results(spf=spf(Status.FAIL, explanation="secret text"))
+    results = results_of(spf=spf(Status.FAIL, explanation="secret text"))
     verdict = policy.decide(results, ctx(), cfg(spf={**REJECT_SPF, "show_explanation": False}))
     assert "secret" not in verdict.text and "example.org" in verdict.text
 
 
 def test_dmarc_reject_text_names_the_domain():
-    verdict = policy.decide(Results(dmarc=dmarc(Status.FAIL, "reject", from_domain="bank.example")), ctx(), cfg())
+    verdict = policy.decide(results_of(dmarc=dmarc(Status.FAIL, "reject", from_domain="bank.example")), ctx(), cfg())
     assert "DMARC policy of bank.example" in verdict.text
 
 
@@ -258,7 +258,8 @@ RECIPIENTS = [
 
 @pytest.mark.parametrize("name,rcpt,srs,policy_keys,action,reason", RECIPIENTS, ids=[r[0] for r in RECIPIENTS])
 def test_decide_recipient(name, rcpt, srs, policy_keys, action, reason):
-    verdict = policy.decide_recipient(rcpt, cfg(srs=srs, policy=policy_keys), now=NOW)
+    config = cfg(srs=srs, policy=policy_keys)
+    verdict = policy.decide_recipient(rcpt, evaluate_recipient(rcpt, config, now=NOW), config)
     assert (verdict.action, verdict.reason) == (action, reason)
     if action is Action.REJECT:
         assert (verdict.code, verdict.status) == ("550", "5.7.1")

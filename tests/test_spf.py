@@ -9,7 +9,8 @@ import threading
 import pytest
 import spf as pyspf
 
-from authmilter.checks.spf import SpfResult, check_spf, received_spf_header
+from authmilter.checks.spf import SpfResult, check_spf
+from authmilter.renderer import received_spf_value as received_spf_header
 from authmilter.config import SpfSection
 from authmilter.context import Connection, Envelope
 from authmilter.results import Dnssec, Status
@@ -413,7 +414,7 @@ def test_injection_in_mail_from(mail_from):
     # Controls are blanked and non-ASCII replaced; everything else survives inside the quoted-string.
     assert pairs["envelope-from"] == re.sub(r"[^\x00-\x7f]", "?", re.sub(r"[\x00-\x1f]", " ", mail_from))
     assert "(" not in comment and ")" not in comment
-    # A-R values stay raw for arheader.py, which quotes them in one place.
+    # A-R values stay raw for renderer.py, which quotes them in one place.
     assert result.ar_entries()[0].properties[0].value == mail_from
 
 
@@ -482,12 +483,12 @@ def test_received_spf_names_the_domain_that_was_looked_up():
 def test_entries_render_into_a_header_that_parses_back(mail_from, helo, mailfrom_value, helo_value):
     import authres
 
-    from authmilter import arheader
-    from authmilter.pipeline import Results
+    from authmilter import renderer
+    from authmilter.pipeline import results_of
 
     conn = Connection(ipaddress.ip_address(IP_OK), helo=helo)
     result = check_spf(conn, Envelope(mail_from), FakeDns(ZONE), SpfSection())
-    value = arheader.render("mx.example.net", Results(spf=result))
+    value = renderer.render("mx.example.net", results_of(spf=result))
     parsed = authres.AuthenticationResultsHeader.parse("Authentication-Results:" + value.replace("\n\t", " "))
     assert parsed.authserv_id == "mx.example.net"
     assert [(r.method, r.result, [(p.type, p.name, p.value) for p in r.properties]) for r in parsed.results] == [

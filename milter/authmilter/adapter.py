@@ -4,8 +4,8 @@ One AuthMilter object per SMTP connection. Until end-of-message it only records 
 header bytes, where each incoming Authentication-Results header sits). The body is never kept: at its first chunk
 the header is complete, the pipeline names the DKIM body hashes it will need, and every chunk goes into one
 BodyHasher and is dropped (a message without DKIM signatures keeps nothing). At end-of-message it freezes a
-MessageContext carrying those hashes, runs the one decision function `judge.judge()` (which the `check` command
-calls too) and applies the verdict. Anything unexpected in our code is logged with the queue id and answered with
+MessageContext carrying those hashes, hands it to `judge.judge_message()` (which the `check` command calls too, and
+which tells the observers: the log line first) and applies the verdict. Anything unexpected in our code is logged with the queue id and answered with
 [milter] error_action; it never reaches libmilter.
 """
 
@@ -20,13 +20,15 @@ from typing import Callable
 
 import Milter
 
-from authmilter import arheader, logline, policy
+from authmilter import renderer
 from authmilter.bodystream import BodyStream
 from authmilter.config import Config
-from authmilter.context import Connection, Envelope, Header, Message, MessageContext
+from authmilter.context import Connection, Envelope, Header, Message, MessageContext, bare_address
+from authmilter.errors import AuthmilterError
 # The decision lives in judge.py, shared with `authmilter check`.
-from authmilter.judge import AR_NAME, RECEIVED_SPF_NAME, Judgement, Runtime, RuntimeRef, judge, strip_brackets
+from authmilter.judge import Judgement, judge_message, judge_recipient
 from authmilter.results import Action, Verdict
+from authmilter.runtime import Runtime, RuntimeRef
 
 log = logging.getLogger("authmilter")
 
@@ -194,7 +196,7 @@ class AuthMilter(Milter.Base):
 
     def _on_mail(self, mailfrom) -> None:
         tx = self._transaction()
-        tx.mail_from = strip_brackets(str(mailfrom))
+        tx.mail_from = bare_address(str(mailfrom))
         tx.queue_id = self._symbol("{i}") or tx.queue_id
         self._auth_user = self._symbol("{auth_authen}") or None
 
@@ -203,13 +205,13 @@ class AuthMilter(Milter.Base):
         name_bytes = name if isinstance(name, bytes) else str(name).encode("utf-8", "surrogateescape")
         value_bytes = value if isinstance(value, bytes) else str(value).encode("utf-8", "surrogateescape")
         header = Header(name_bytes, restore_folding(value_bytes, bool(self._protocol & Milter.P_HDR_LEADSPC)))
-        if header.is_named(AR_NAME):
+        if header.is_named(renderer.HEADER_NAME):
             # RFC 8601 §5: remove A-R headers claiming our authserv-id, wherever they sit. Counted even past the
             # header byte cap, so the index we delete is the one the MTA has.
             tx.ar_count += 1
             cfg = tx.runtime.cfg
             ids = (tx.runtime.authserv_id, *cfg.milter.remove_authserv_ids)
-            if arheader.is_ours(header.value.decode("utf-8", "replace"), ids):
+            if renderer.is_ours(header.value.decode("utf-8", "replace"), ids):
                 tx.forged_ar.append((tx.ar_count, header.name_text))
         if tx.truncated:
             return
@@ -236,11 +238,10 @@ class AuthMilter(Milter.Base):
     def _on_rcpt(self, rcpt) -> int:
         tx = self._transaction()
         tx.queue_id = self._symbol("{i}") or tx.queue_id
-        address = strip_brackets(str(rcpt))
-        verdict = policy.decide_recipient(address, tx.runtime.cfg, now=self._wallclock())
+        address = bare_address(str(rcpt))
+        ctx = MessageContext(self._connection(), Envelope(tx.mail_from, tuple(tx.rcpts), tx.queue_id))
+        verdict = judge_recipient(ctx, address, tx.runtime, now=self._wallclock())
         if verdict.action in (Action.REJECT, Action.TEMPFAIL):
-            log.info("queue_id=%s rcpt=%s action=%s reason=%s", tx.queue_id, address, verdict.action.value,
-                     verdict.reason)
             return self._answer(verdict)
         if len(tx.rcpts) < MAX_RECIPIENTS:
             tx.rcpts.append(address)
@@ -257,10 +258,7 @@ class AuthMilter(Milter.Base):
             Envelope(tx.mail_from, tuple(tx.rcpts), tx.queue_id),
             self._body_stream(tx).message(),
         )
-        dns = runtime.resolver.for_message()
-        judgement = judge(ctx, dns, runtime.cfg, runtime.authserv_id, now=self._wallclock())
-        elapsed_ms = (self._clock() - started) * 1000.0
-        log.info("%s", logline.format_line(ctx, judgement.results, judgement.verdict, elapsed_ms))
+        judgement = judge_message(ctx, runtime, now=self._wallclock(), clock=self._clock, started=started)
         return self._apply(judgement, tx)
 
     def _apply(self, judgement: Judgement, tx: _Transaction) -> int:
@@ -269,13 +267,11 @@ class AuthMilter(Milter.Base):
             return self._answer(verdict)
         # Delete before inserting: our own A-R at the top would shift the indexes of the forged ones.
         self._remove_forged(tx)
-        # Both go on top, above the MTA's own Received: A-R is inserted last so it ends up first, where RFC 8601
-        # §5 readers (and people) look for this hop's verdict; Received-SPF, also a trace field of this hop
-        # (RFC 7208 §9.1), sits right below it.
-        if judgement.received_spf:
-            self.addheader(RECEIVED_SPF_NAME, judgement.received_spf, 0)
-        if judgement.ar_value:
-            self.addheader(AR_NAME, judgement.ar_value, 0)
+        # All go on top, above the MTA's own Received:, in the renderer's order: inserted bottom first at index 0,
+        # so A-R ends up first, where RFC 8601 §5 readers (and people) look for this hop's verdict, and
+        # Received-SPF, also a trace field of this hop (RFC 7208 §9.1), sits right below it.
+        for name, value in reversed(judgement.headers):
+            self.addheader(name, value, 0)
         if verdict.action is Action.QUARANTINE:
             self.quarantine(verdict.text or verdict.reason or "authmilter")
         return Milter.ACCEPT
@@ -388,7 +384,7 @@ def setup(name: str, socket_spec: str, timeout: int, ref: RuntimeRef) -> None:
                  negotiate=Milter.negotiate_callback)
 
 
-class SocketError(Exception):
+class SocketError(AuthmilterError):
     """libmilter could not open or serve its socket."""
 
 

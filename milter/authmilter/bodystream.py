@@ -2,7 +2,7 @@
 
 Memory per message is then the header plus a few hash states, whatever the body size (issue 5: 20 concurrent
 10 MB messages in well under 100 MB). The hashes to compute are chosen once the header is complete, by the same
-selection `check_dkim` makes (`pipeline.body_hash_keys`): a message carrying a thousand signatures with different
+selection the checks make (`pipeline.body_plan`, from each check's entry in the table): a message carrying a thousand signatures with different
 l= values still gets at most [dkim] max_signatures hashes, and a message nothing reads the body of keeps nothing.
 """
 
@@ -23,7 +23,7 @@ class BodyStream:
 
     def __init__(self, conn: Connection, headers: Message, cfg: Config) -> None:
         self._headers = headers
-        keys = pipeline.body_hash_keys(conn, headers, cfg)
+        keys = pipeline.body_plan(conn, headers, cfg)
         self._hasher: BodyHasher | None = BodyHasher(keys) if keys else None
 
     def update(self, chunk: bytes) -> None:

@@ -16,20 +16,17 @@ from typing import Sequence
 
 from authmilter import __version__
 from authmilter.config import DEFAULT_CONFIG_PATH, Config, load_config, parse_nameserver
-from authmilter.errors import ConfigError
+from authmilter.errors import AuthmilterError, ConfigError
+from authmilter.exitcodes import EX_CONFIG, EX_OK, EX_SOFTWARE, EX_USAGE
 from authmilter.results import Action
 
 log = logging.getLogger("authmilter")
 
-EX_OK = 0
-EX_USAGE = 64
-EX_SOFTWARE = 70
-EX_CONFIG = 78
 ACTION_STATUS = {Action.ACCEPT: 0, Action.REJECT: 1, Action.TEMPFAIL: 2, Action.QUARANTINE: 3}
 
 
-class UsageError(Exception):
-    pass
+class UsageError(AuthmilterError):
+    """A bad command line: exit 64."""
 
 
 class _Parser(argparse.ArgumentParser):
@@ -129,8 +126,9 @@ def cmd_run(path: str) -> int:
 
 def cmd_check(args: argparse.Namespace) -> int:
     # judge.py, not the adapter: checking a file must not need libmilter.
-    from authmilter import judge, logsetup
-    from authmilter.context import Connection, Envelope, MessageContext
+    from authmilter import logsetup
+    from authmilter.context import Connection, Envelope, MessageContext, bare_address
+    from authmilter.runtime import build_runtime
 
     try:
         client_ip = ipaddress.ip_address(args.ip)
@@ -144,38 +142,35 @@ def cmd_check(args: argparse.Namespace) -> int:
         except ValueError as exc:
             raise UsageError(f"--resolver: {exc}") from None
     logsetup.configure(cfg.log)
-    mail_from = judge.strip_brackets(args.mail_from)
+    mail_from = bare_address(args.mail_from)
     message = read_message(args.message, mail_from, args.helo)
     ctx = MessageContext(Connection(client_ip, "", args.helo, args.authenticated or None),
-                         Envelope(mail_from, tuple(judge.strip_brackets(r) for r in args.rcpt), "check"),
+                         Envelope(mail_from, tuple(bare_address(r) for r in args.rcpt), "check"),
                          message)
-    runtime = judge.build_runtime(cfg)
+    runtime = build_runtime(cfg)
     try:
         verdict_status = _judge_and_print(ctx, runtime)
     finally:
+        from authmilter.observers import close_all
+
+        close_all(runtime.observers)
         runtime.resolver.close()
     return verdict_status
 
 
 def _judge_and_print(ctx, runtime) -> int:
-    from authmilter import judge, logline, policy
-    from authmilter.results import Verdict
+    from authmilter.judge import judge_message, judge_recipient
 
     started = time.monotonic()
     # Recipient-stage decisions (e.g. a bounce to a forged SRS address) come first, as in the milter.
     for rcpt in ctx.envelope.rcpts:
-        verdict: Verdict = policy.decide_recipient(rcpt, runtime.cfg, now=time.time())
+        verdict = judge_recipient(ctx, rcpt, runtime, now=time.time())
         if verdict.action in (Action.REJECT, Action.TEMPFAIL):
             print(f"action: {describe(verdict)} (recipient {rcpt})")
             return ACTION_STATUS[verdict.action]
-    judgement = judge.judge(ctx, runtime.resolver.for_message(), runtime.cfg, runtime.authserv_id,
-                            now=time.time())
-    elapsed_ms = (time.monotonic() - started) * 1000.0
-    log.info("%s", logline.format_line(ctx, judgement.results, judgement.verdict, elapsed_ms))
-    if judgement.ar_value:
-        print(f"{judge.AR_NAME}:{judgement.ar_value}")
-    if judgement.received_spf:
-        print(f"{judge.RECEIVED_SPF_NAME}:{judgement.received_spf}")
+    judgement = judge_message(ctx, runtime, now=time.time(), started=started)
+    for name, value in judgement.headers:
+        print(f"{name}:{value}")
     print(f"action: {describe(judgement.verdict)}")
     return ACTION_STATUS[judgement.verdict.action]
 

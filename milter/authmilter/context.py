@@ -4,12 +4,18 @@ from __future__ import annotations
 
 import ipaddress
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
-
-if TYPE_CHECKING:
-    from authmilter.checks.dkim.body import BodyHash, BodyHashKey
+from typing import Any
 
 IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
+
+
+def bare_address(address: str) -> str:
+    """An envelope address as the MTA hands it (`<user@example.org>`, `<>`) without its angle brackets; "" for
+    the null sender."""
+    address = address.strip()
+    if address.startswith("<") and address.endswith(">"):
+        address = address[1:-1]
+    return "" if address == "<>" else address
 
 
 def unmapped(ip: IPAddress | None) -> IPAddress | None:
@@ -89,8 +95,9 @@ class Message:
     body: bytes = b""
     headers_truncated: bool = False   # the header byte cap was reached; later headers were not kept (HEADER_LIMIT)
     # None: `body` holds the body. Otherwise the body was streamed and these are the only traces of it: one
-    # (key, hash) pair per DKIM body hash the evaluated signatures need (a tuple, so Message stays hashable).
-    body_hashes: tuple[tuple[BodyHashKey, BodyHash], ...] | None = None
+    # (key, hash) pair per body hash the checks planned at end of headers (pipeline.body_plan; for DKIM a
+    # BodyHashKey and its digest), a tuple so Message stays hashable.
+    body_hashes: tuple[tuple[Any, Any], ...] | None = None
 
     def get_all(self, name: str) -> tuple[Header, ...]:
         wanted = name.lower().encode("ascii")

@@ -21,15 +21,13 @@ from pathlib import Path
 from authmilter import adapter, cpu, logsetup
 from authmilter.config import Config, load_config
 from authmilter.errors import ConfigError
-from authmilter.judge import build_runtime
+from authmilter.exitcodes import EX_OK, EX_OSERR
+from authmilter.observers import close_all
+from authmilter.runtime import Runtime, RuntimeRef, build_runtime
 
 log = logging.getLogger("authmilter")
 
 MILTER_NAME = "authmilter"
-EX_OK = 0
-EX_SOFTWARE = 70
-EX_OSERR = 71
-EX_CONFIG = 78
 
 # How often the main thread wakes to notice the worker ending; signals interrupt the wait anyway.
 _POLL_SECONDS = 0.5
@@ -154,7 +152,7 @@ def wake_listener(spec: str) -> None:
 class Reloader:
     """Re-reads the config file; a bad new file is logged and the running config kept."""
 
-    def __init__(self, path: str, ref: adapter.RuntimeRef) -> None:
+    def __init__(self, path: str, ref: RuntimeRef) -> None:
         self.path = path
         self.ref = ref
 
@@ -178,10 +176,13 @@ class Reloader:
                         cfg.milter.cpu, old.cfg.milter.cpu)
         logsetup.configure(cfg.log)
         self.ref.current = runtime  # new transactions see it from their MAIL FROM on
-        if runtime.resolver is not old.resolver:
-            # Messages in flight may still use the old resolver: close it once they are surely done.
+        retired = [observer for observer in old.observers if observer not in runtime.observers]
+        if runtime.resolver is not old.resolver or retired:
+            # Messages in flight may still use the old resolver and observers: close them once they are surely
+            # done.
+            resolver = old.resolver if runtime.resolver is not old.resolver else None
             grace = old.cfg.dns.message_deadline + 5
-            timer = threading.Timer(grace, _close_quietly, (old.resolver,))
+            timer = threading.Timer(grace, _retire, (resolver, retired))
             timer.daemon = True
             timer.start()
         log.info("reloaded configuration from %s (authserv_id=%s)", self.path, runtime.authserv_id)
@@ -195,13 +196,25 @@ def _close_quietly(resolver) -> None:
         log.exception("closing the old resolver failed")
 
 
+def _retire(resolver, observers) -> None:
+    close_all(observers)
+    if resolver is not None:
+        _close_quietly(resolver)
+
+
+def _shut_down(runtime: Runtime) -> None:
+    """After the last message: observers first (they may flush what they counted), then the resolver."""
+    close_all(runtime.observers)
+    _close_quietly(runtime.resolver)
+
+
 # ---------------------------------------------------------------- main loop
 
 def run(config_path: str, cfg: Config) -> int:
     """Serve until stopped. cfg is already loaded and validated (cli.py reports ConfigError with exit 78)."""
     logsetup.configure(cfg.log)
     pinned = cpu.pin(cfg.milter.cpu)  # before libmilter starts any thread: they inherit it
-    ref = adapter.RuntimeRef(build_runtime(cfg))
+    ref = RuntimeRef(build_runtime(cfg))
     spec = cfg.milter.socket
     try:
         if socket_kind(spec) == "unix":
@@ -218,7 +231,7 @@ def run(config_path: str, cfg: Config) -> int:
                 log.warning("no listening socket found for %s: TCP_NODELAY not set", spec)
     except (OSError, adapter.SocketError) as exc:
         log.error("cannot listen on %s: %s", spec, exc)
-        _close_quietly(ref.current.resolver)
+        _shut_down(ref.current)
         return EX_OSERR
 
     reloader = Reloader(config_path, ref)
@@ -257,7 +270,7 @@ def run(config_path: str, cfg: Config) -> int:
                 unix_path(spec).unlink()
             except OSError:
                 pass
-        _close_quietly(ref.current.resolver)
+        _shut_down(ref.current)
     if failure:
         log.error("libmilter stopped with an error: %s", failure[0])
         return EX_OSERR

@@ -1,83 +1,69 @@
-"""The one end-of-message decision, shared by the milter (adapter.py) and the `authmilter check` command.
+"""The one caller of the core, shared by the milter (adapter.py) and `authmilter check` (cli.py).
 
-Neutral ground: nothing here imports pymilter, so `authmilter check` judges a message exactly as the milter does
-without loading libmilter.
+For a message: run the checks, decide, render the headers, then tell the observers (the log line first). For a
+recipient: run the recipient checks, decide, and tell the observers when the recipient is refused. Nothing here
+imports pymilter, so `authmilter check` judges a message exactly as the milter does without loading libmilter.
 """
 
 from __future__ import annotations
 
+import time
+from collections.abc import Callable
 from dataclasses import dataclass
 
-from authmilter import arheader, pipeline, policy
-from authmilter.checks import spf as spf_check
-from authmilter.config import Config
+from authmilter import pipeline, policy, renderer
+from authmilter.checkresults import Results
 from authmilter.context import MessageContext
-from authmilter.pipeline import Results
+from authmilter.config import Config
+from authmilter.observers import Judged, notify
 from authmilter.resolver import DnsClient
-from authmilter.results import Verdict
-
-AR_NAME = "Authentication-Results"
-RECEIVED_SPF_NAME = "Received-SPF"
-
-
-@dataclass(frozen=True, slots=True)
-class Runtime:
-    """What a message is judged with: one config, its authserv-id, and the shared resolver."""
-
-    cfg: Config
-    authserv_id: str
-    resolver: object  # authmilter.resolver.Resolver (has for_message() and close())
-
-
-class RuntimeRef:
-    """The one reference a reload swaps. A transaction reads it once, at MAIL FROM, and keeps what it got."""
-
-    __slots__ = ("current",)
-
-    def __init__(self, runtime: Runtime) -> None:
-        self.current = runtime
-
-
-def build_runtime(cfg: Config, previous: Runtime | None = None) -> Runtime:
-    from authmilter.resolver import Resolver  # the DNS layer is only needed once we serve or check
-
-    # getfqdn() may ask DNS: resolve the authserv-id once per config, not once per message.
-    authserv_id = cfg.authserv_id
-    if previous is not None and previous.cfg.dns == cfg.dns:
-        resolver = previous.resolver  # keep the warm cache when DNS settings did not change
-    else:
-        resolver = Resolver(cfg.dns)
-    return Runtime(cfg, authserv_id, resolver)
+from authmilter.results import Action, Verdict
+from authmilter.runtime import Runtime
 
 
 @dataclass(frozen=True, slots=True)
 class Judgement:
     results: Results
     verdict: Verdict
-    ar_value: str       # Authentication-Results value: leading space, folded with "\n\t"; "" = add none
-    received_spf: str   # Received-SPF value with a leading space, or "" when SPF did not run / is turned off
+    headers: tuple[tuple[str, str], ...]   # (name, value) to add, top first; values ready for libmilter
+
+    def header(self, name: str) -> str:
+        """The value of the header we add under `name`, "" when we add none."""
+        return next((value for header_name, value in self.headers if header_name == name), "")
+
+    @property
+    def ar_value(self) -> str:
+        return self.header(renderer.HEADER_NAME)
+
+    @property
+    def received_spf(self) -> str:
+        return self.header(renderer.RECEIVED_SPF_NAME)
 
 
 def judge(ctx: MessageContext, dns: DnsClient, cfg: Config, authserv_id: str, *, now: float) -> Judgement:
-    """Run every check, decide, and render: the whole end-of-message path without any milter I/O."""
+    """Check, decide, render: the pure core of one message, with no observer told (judge_message tells them)."""
     results = pipeline.evaluate(ctx, dns, cfg, now=now)
     verdict = policy.decide(results, ctx, cfg)
-    ar_value = arheader.render(authserv_id, results)
-    received = ""
-    if cfg.spf.received_spf_header and results.spf is not None:
-        received = as_header_value(
-            spf_check.received_spf_header(results.spf, ctx.connection, ctx.envelope, authserv_id))
-    return Judgement(results, verdict, as_header_value(ar_value) if ar_value.strip() else "", received)
+    return Judgement(results, verdict, renderer.render_headers(authserv_id, ctx, results, verdict, cfg))
 
 
-def as_header_value(value: str) -> str:
-    """libmilter wants LF folding, and with SMFIP_HDR_LEADSPC the value's leading space is ours to supply."""
-    value = value.replace("\r\n", "\n").replace("\r", "")
-    return value if value[:1] in (" ", "\t") else " " + value
+def judge_message(ctx: MessageContext, runtime: Runtime, *, now: float,
+                  clock: Callable[[], float] = time.monotonic, started: float | None = None) -> Judgement:
+    """The whole end-of-message path without any milter I/O, then the observers. `started` is when the caller's
+    work on the message began (for the log's milliseconds); now is the wall clock time stamps are judged against."""
+    started = clock() if started is None else started
+    judgement = judge(ctx, runtime.resolver.for_message(), runtime.cfg, runtime.authserv_id, now=now)
+    elapsed_ms = (clock() - started) * 1000.0
+    notify(runtime.observers, Judged(ctx, judgement.results, judgement.verdict, elapsed_ms),
+           runtime.observer_failures)
+    return judgement
 
 
-def strip_brackets(address: str) -> str:
-    address = address.strip()
-    if address.startswith("<") and address.endswith(">"):
-        address = address[1:-1]
-    return "" if address == "<>" else address
+def judge_recipient(ctx: MessageContext, rcpt: str, runtime: Runtime, *, now: float) -> Verdict:
+    """The verdict for one RCPT TO; the observers hear of it only when it refuses the recipient."""
+    checks = pipeline.evaluate_recipient(rcpt, runtime.cfg, now=now)
+    verdict = policy.decide_recipient(rcpt, checks, runtime.cfg)
+    if verdict.action in (Action.REJECT, Action.TEMPFAIL):
+        judged = Judged(ctx, Results(), verdict, 0.0, refused_rcpt=rcpt)
+        notify(runtime.observers, judged, runtime.observer_failures)
+    return verdict

@@ -2,19 +2,24 @@
 
 Values are quoted ("...") when they hold a space, a quote or a backslash, and anything invisible (CR, LF, NUL,
 other controls, bidi overrides, undecodable bytes) is written as an escape, so a sender's HELO or MAIL FROM can
-neither start a new log line nor fake a key. Every value is bounded.
+neither start a new log line nor fake a key. Every value is bounded. `LogLineObserver` is the first observer
+told about each verdict (observers.py): it writes the line for a message, or for a recipient refused at RCPT.
 """
 
 from __future__ import annotations
 
 import functools
+import logging
 import re
 import unicodedata
 from collections.abc import Iterable
 
+from authmilter.checkresults import Results
 from authmilter.context import MessageContext
-from authmilter.pipeline import Results
+from authmilter.observers import Judged
 from authmilter.results import Action, Verdict
+
+log = logging.getLogger("authmilter")
 
 MAX_VALUE = 256
 NOT_EVALUATED = "-"
@@ -85,13 +90,12 @@ def format_pairs(pairs: Iterable[tuple[str, object]]) -> str:
 
 def _check_fields(results: Results) -> list[tuple[str, object]]:
     pairs: list[tuple[str, object]] = []
-    # The four RFC 8601 methods always have a key, so a line can be grepped for "dkim=-" as well as "dkim=fail".
-    for name, result in (("iprev", results.iprev), ("srs", results.srs), ("spf", results.spf),
-                         ("sender", results.sender), ("dkim", results.dkim), ("dmarc", results.dmarc)):
-        if result is not None:
-            pairs.extend(result.log_fields().items())
-        elif name in ("iprev", "spf", "dkim", "dmarc"):
-            pairs.append((name, NOT_EVALUATED))
+    for step in results.steps:
+        if step.shown and step.value is not None:
+            pairs.extend(step.value.log_fields().items())
+        elif step.always_logged:
+            # An RFC 8601 method always has a key, so a line can be grepped for "dkim=-" as well as "dkim=fail".
+            pairs.append((step.name, NOT_EVALUATED))
     return pairs
 
 
@@ -121,3 +125,23 @@ def format_line(ctx: MessageContext, results: Results, verdict: Verdict, elapsed
         pairs.append(("dns_deadline_expired", "yes"))
     pairs.append(("ms", f"{elapsed_ms:.1f}"))
     return format_pairs(pairs)
+
+
+def format_recipient_line(queue_id: str, rcpt: str, verdict: Verdict) -> str:
+    return format_pairs((("queue_id", queue_id or NOT_EVALUATED), ("rcpt", rcpt), ("action", verdict.action),
+                         ("reason", verdict.reason)))
+
+
+class LogLineObserver:
+    """One INFO line per verdict. Logging hands the line to its handler at once: no queue needed here."""
+
+    name = "log"
+
+    def observe(self, judged: Judged) -> None:
+        if judged.refused_rcpt is not None:
+            log.info("%s", format_recipient_line(judged.ctx.envelope.queue_id, judged.refused_rcpt, judged.verdict))
+        else:
+            log.info("%s", format_line(judged.ctx, judged.results, judged.verdict, judged.elapsed_ms))
+
+    def close(self) -> None:
+        pass

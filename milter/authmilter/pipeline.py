@@ -1,56 +1,57 @@
-"""Runs the checks in their declared order and returns one frozen Results.
+"""The check table, and the one function that runs it for a message.
 
-CONTRACT: `Results` (names below) is read by policy.py, arheader.py and logline.py; `evaluate()` is called by the
-adapter and the `check` command.
+Each step of the table is a `CheckSpec`: a name, the names of the steps whose output it reads, a function from
+`Inputs` to its output, and when it can work:
 
-Each step of the pipeline is a `CheckSpec`: a name, the names of the steps whose output it reads, and a function
-from `Inputs` to its output. The order is not written down by hand: `order_checks()` sorts the table
-topologically (authentication_milter's `sort_callbacks`), keeping the declared order where the dependencies
-allow, and refuses a cycle or a missing dependency at import time, so a bad table never reaches a message.
+- `lookup_stage`: the milter stage at which its inputs are complete, so its DNS lookups could start (iprev at
+  connect, SPF at MAIL FROM, DKIM keys and DMARC discovery at end of headers). It may depend on the client: a
+  callable (Connection, Config) -> Stage.
+- `due_stage`: the stage at which its result is needed (end of message for the message checks; RCPT for the
+  per-recipient SRS bounce check).
+- `body_plan`: for a check that reads the body, which body hashes it will need, asked at end of headers so the
+  body can be streamed into them and never kept.
+
+Today every message step runs at end of message, in table order; starting each one's lookups at its lookup stage,
+side by side, is a change inside this module alone. The order is not written down by hand: `order_checks()` sorts
+the table topologically (authentication_milter's `sort_callbacks`), keeping the declared order where the
+dependencies allow, and refuses a cycle or a missing dependency at import time, so a bad table never reaches a
+message. The declared order is also the order of the methods in the header and the log line.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import ipaddress
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, fields
+from dataclasses import dataclass
+from enum import IntEnum
 from types import MappingProxyType
 from typing import Any
 
-from authmilter.checks.dkim import check as dkim_check
-from authmilter.checks.dmarc import check as dmarc_check
+from authmilter.checkresults import Results, StepOutput, dnssec_summary
 from authmilter.checks import forwarder as forwarder_check
 from authmilter.checks import iprev as iprev_check
 from authmilter.checks import sender as sender_check
 from authmilter.checks import spf as spf_check
 from authmilter.checks import srs as srs_check
-from authmilter.checks.dkim.check import DkimResult
-from authmilter.checks.dkim.body import BodyHashKey
-from authmilter.checks.dmarc.check import DmarcResult
-from authmilter.checks.iprev import IprevResult
-from authmilter.checks.sender import SenderDomainResult
-from authmilter.checks.spf import SpfResult
-from authmilter.checks.srs import SrsInfo
+from authmilter.checks.dkim import check as dkim_check
+from authmilter.checks.dmarc import check as dmarc_check
 from authmilter.config import Config, TrustSection
 from authmilter.context import Connection, Message, MessageContext, unmapped
 from authmilter.errors import AuthmilterError
 from authmilter.resolver import DnsClient
-from authmilter.results import Dnssec, Status, weakest
+from authmilter.results import Dnssec
 
 
-@dataclass(frozen=True, slots=True)
-class Results:
-    skipped: str = ""                       # "trusted_network" or "authenticated": no check ran
-    iprev: IprevResult | None = None
-    srs: SrsInfo | None = None
-    spf: SpfResult | None = None
-    sender: SenderDomainResult | None = None
-    dkim: DkimResult | None = None
-    dmarc: DmarcResult | None = None
-    forwarder: str = ""                     # why the client is a trusted forwarder ("" when it is not)
-    dns_queries: int = 0
-    dns_deadline_expired: bool = False
-    dnssec: Dnssec = Dnssec.INDETERMINATE   # weakest status over every check's lookups
+class Stage(IntEnum):
+    """The milter stages, in the order Postfix reaches them."""
+
+    CONNECT = 1
+    HELO = 2
+    MAIL = 3
+    RCPT = 4
+    EOH = 5   # end of headers: Postfix replays header and body after the final dot, so this is just before EOM
+    EOM = 6
 
 
 class PipelineError(AuthmilterError):
@@ -69,12 +70,26 @@ class Inputs:
     done: Mapping[str, Any]
 
 
+StageRule = Stage | Callable[[Connection, Config], Stage]
+
+
 @dataclass(frozen=True, slots=True)
 class CheckSpec:
-    name: str                                # a Results field, or an intermediate value such as author_domain
+    name: str
     needs: tuple[str, ...]
     run: Callable[[Inputs], Any]
     enabled: Callable[[Config], bool] = lambda cfg: True
+    lookup_stage: StageRule = Stage.EOM
+    due_stage: Stage = Stage.EOM
+    # Its output is a checkresults.MethodResult: shown in the header, the log line and the DNSSEC summary.
+    shown: bool = False
+    # An RFC 8601 method: the log line has its key ("-") even when it did not run, so it can be grepped.
+    always_logged: bool = False
+    body_plan: Callable[[Message, Config], frozenset] | None = None
+
+    def stage_for(self, conn: Connection, cfg: Config) -> Stage:
+        """The stage at which this step's lookups can start for this client."""
+        return self.lookup_stage(conn, cfg) if callable(self.lookup_stage) else self.lookup_stage
 
 
 def order_checks(specs: Sequence[CheckSpec]) -> tuple[CheckSpec, ...]:
@@ -101,20 +116,22 @@ def order_checks(specs: Sequence[CheckSpec]) -> tuple[CheckSpec, ...]:
 
 # ---------------------------------------------------------------- the real table
 
-def _run_iprev(i: Inputs) -> IprevResult:
+def _run_iprev(i: Inputs):
     return iprev_check.check_iprev(i.ctx.connection, i.dns, i.cfg.iprev)
 
 
-def _run_srs(i: Inputs) -> SrsInfo | None:
+def _run_srs(i: Inputs):
     return srs_check.parse_srs(i.ctx.envelope.mail_from)
 
 
-def _run_spf(i: Inputs) -> SpfResult:
-    # SPF always runs on the envelope as received: an SRS address is checked against the forwarder's domain.
-    return spf_check.check_spf(i.ctx.connection, i.ctx.envelope, i.dns, i.cfg.spf)
+def _run_spf(i: Inputs):
+    # SPF always runs on the envelope as received: an SRS address is checked against the forwarder's domain, and
+    # the result names the original sender beside it.
+    result = spf_check.check_spf(i.ctx.connection, i.ctx.envelope, i.dns, i.cfg.spf)
+    return dataclasses.replace(result, srs=i.done["srs"]) if i.done["srs"] is not None else result
 
 
-def _run_sender(i: Inputs) -> SenderDomainResult | None:
+def _run_sender(i: Inputs):
     return sender_check.check_sender_domain(i.ctx.envelope, i.dns)
 
 
@@ -126,30 +143,72 @@ def _run_author_domain(i: Inputs) -> str | None:
     return dmarc_check.author_domain(i.ctx.message)
 
 
-def _run_dkim(i: Inputs) -> DkimResult:
+def _run_dkim(i: Inputs):
     return dkim_check.check_dkim(i.ctx.message, i.dns, i.cfg.dkim, now=i.now, from_domain=i.done["author_domain"])
 
 
-def _run_dmarc(i: Inputs) -> DmarcResult:
+def _run_dmarc(i: Inputs):
     return dmarc_check.check_dmarc(i.ctx.message, i.done["spf"], i.done["dkim"], i.dns, i.cfg.dmarc)
 
 
+def _dkim_body_plan(msg: Message, cfg: Config) -> frozenset:
+    # The same steps as the table: the author domain orders the signatures, and dkim picks them.
+    return dkim_check.body_hash_keys(msg, cfg.dkim, dmarc_check.author_domain(msg))
+
+
 CHECKS: tuple[CheckSpec, ...] = (
-    CheckSpec("iprev", (), _run_iprev, lambda cfg: cfg.iprev.enabled),
-    CheckSpec("srs", (), _run_srs),
-    CheckSpec("spf", (), _run_spf, lambda cfg: cfg.spf.enabled),
-    CheckSpec("sender", (), _run_sender),
+    CheckSpec("iprev", (), _run_iprev, lambda cfg: cfg.iprev.enabled,
+              lookup_stage=Stage.CONNECT, shown=True, always_logged=True),
+    CheckSpec("srs", (), _run_srs, lookup_stage=Stage.MAIL, shown=True),
+    CheckSpec("spf", ("srs",), _run_spf, lambda cfg: cfg.spf.enabled,
+              lookup_stage=Stage.MAIL, shown=True, always_logged=True),
+    CheckSpec("sender", (), _run_sender, lookup_stage=Stage.MAIL, shown=True),
     # No configured forwarder means nobody can match: skip the call rather than ask for nothing.
     CheckSpec("forwarder", ("iprev",), _run_forwarder,
-              lambda cfg: bool(cfg.forwarders.networks or cfg.forwarders.hostnames)),
-    CheckSpec("author_domain", (), _run_author_domain, lambda cfg: cfg.dkim.enabled),
-    CheckSpec("dkim", ("author_domain",), _run_dkim, lambda cfg: cfg.dkim.enabled),
-    CheckSpec("dmarc", ("spf", "dkim"), _run_dmarc, lambda cfg: cfg.dmarc.enabled),
+              lambda cfg: bool(cfg.forwarders.networks or cfg.forwarders.hostnames), lookup_stage=Stage.CONNECT),
+    CheckSpec("author_domain", (), _run_author_domain, lambda cfg: cfg.dkim.enabled, lookup_stage=Stage.EOH),
+    CheckSpec("dkim", ("author_domain",), _run_dkim, lambda cfg: cfg.dkim.enabled,
+              lookup_stage=Stage.EOH, shown=True, always_logged=True, body_plan=_dkim_body_plan),
+    CheckSpec("dmarc", ("spf", "dkim"), _run_dmarc, lambda cfg: cfg.dmarc.enabled,
+              lookup_stage=Stage.EOH, shown=True, always_logged=True),
 )
 
 ORDERED_CHECKS = order_checks(CHECKS)
 
-_RESULT_FIELDS = frozenset(f.name for f in fields(Results))
+
+# ---------------------------------------------------------------- per recipient
+
+@dataclass(frozen=True, slots=True)
+class RecipientInputs:
+    rcpt: str
+    cfg: Config
+    now: float
+
+
+@dataclass(frozen=True, slots=True)
+class RecipientCheckSpec:
+    """A check of one RCPT TO address, due at RCPT: its output is read by policy.decide_recipient."""
+
+    name: str
+    run: Callable[[RecipientInputs], Any]
+    enabled: Callable[[Config], bool] = lambda cfg: True
+    due_stage: Stage = Stage.RCPT
+
+
+def _run_srs_bounce(i: RecipientInputs):
+    return srs_check.verify_bounce(i.rcpt, i.cfg.srs, i.now)
+
+
+RECIPIENT_CHECKS: tuple[RecipientCheckSpec, ...] = (
+    RecipientCheckSpec("srs_bounce", _run_srs_bounce),
+)
+
+
+def evaluate_recipient(rcpt: str, cfg: Config, *, now: float,
+                       checks: Sequence[RecipientCheckSpec] = RECIPIENT_CHECKS) -> Mapping[str, Any]:
+    """Every enabled recipient check for one RCPT TO address: name -> output (None when disabled)."""
+    inputs = RecipientInputs(rcpt, cfg, now)
+    return MappingProxyType({spec.name: spec.run(inputs) if spec.enabled(cfg) else None for spec in checks})
 
 
 # ---------------------------------------------------------------- evaluation
@@ -170,46 +229,53 @@ def _in_networks(ip: ipaddress.IPv4Address | ipaddress.IPv6Address, networks: Se
     return any(candidate in network for candidate in candidates for network in networks)
 
 
-def body_hash_keys(conn: Connection, msg: Message, cfg: Config) -> frozenset[BodyHashKey]:
-    """The DKIM body hashes `evaluate` will need for a message with these headers (known at end of headers), so
-    the adapter can stream the body into them and keep none of it. Empty when nothing will read the body."""
-    if not cfg.dkim.enabled or skip_reason(conn, cfg.trust):
+def body_plan(conn: Connection, msg: Message, cfg: Config,
+              checks: Sequence[CheckSpec] = ORDERED_CHECKS) -> frozenset:
+    """The body hashes the checks will need for a message with these headers (known at end of headers), so the
+    adapter can stream the body into them and keep none of it. Empty when nothing will read the body."""
+    if skip_reason(conn, cfg.trust):
         return frozenset()
-    # The same steps as the table: the author domain orders the signatures, and dkim picks them.
-    return dkim_check.body_hash_keys(msg, cfg.dkim, dmarc_check.author_domain(msg))
+    keys: set = set()
+    for spec in checks:
+        if spec.body_plan is not None and spec.enabled(cfg):
+            keys |= spec.body_plan(msg, cfg)
+    return frozenset(keys)
 
 
 def evaluate(ctx: MessageContext, dns: DnsClient, cfg: Config, *, now: float,
              checks: Sequence[CheckSpec] | None = None) -> Results:
     """Run every enabled check for one message. A check that raises is a bug and is not caught here: the adapter
     turns it into the configured error action."""
+    ordered = ORDERED_CHECKS if checks is None else order_checks(checks)
     skipped = skip_reason(ctx.connection, cfg.trust)
     if skipped:
-        return Results(skipped=skipped, dns_queries=dns.query_count, dns_deadline_expired=dns.deadline_expired)
-    ordered = ORDERED_CHECKS if checks is None else order_checks(checks)
+        return Results(_outputs(ordered, {}), skipped=skipped, dns_queries=dns.query_count,
+                       dns_deadline_expired=dns.deadline_expired)
     done: dict[str, Any] = {}
     view = MappingProxyType(done)
     for spec in ordered:
         done[spec.name] = spec.run(Inputs(ctx, dns, cfg, now, view)) if spec.enabled(cfg) else None
-    values = {name: value for name, value in done.items() if name in _RESULT_FIELDS}
-    values["forwarder"] = values.get("forwarder") or ""
-    partial = Results(**values)
-    return Results(**values, dns_queries=dns.query_count, dns_deadline_expired=dns.deadline_expired,
-                   dnssec=dnssec_of(partial))
+    steps = _outputs(ordered, done)
+    return Results(steps, dns_queries=dns.query_count, dns_deadline_expired=dns.deadline_expired,
+                   dnssec=dnssec_summary(steps))
 
 
-def dnssec_of(results: Results) -> Dnssec:
-    """The weakest DNSSEC status among the lookups behind the results (STYLE: a result is only as secure as the
-    weakest answer it used). Checks that looked nothing up do not count."""
-    statuses: list[Dnssec] = []
-    if results.iprev is not None and results.iprev.status is not Status.NONE:
-        statuses.append(results.iprev.dnssec)
-    if results.spf is not None:
-        statuses.append(results.spf.mailfrom.dnssec)
-        if results.spf.helo is not None:
-            statuses.append(results.spf.helo.dnssec)
-    if results.dkim is not None:
-        statuses.extend(signature.dnssec for signature in results.dkim.signatures if signature.key_queried)
-    if results.dmarc is not None and not results.dmarc.from_error:
-        statuses.append(results.dmarc.dnssec)
-    return weakest(*statuses)
+def _outputs(ordered: Sequence[CheckSpec], done: Mapping[str, Any]) -> tuple[StepOutput, ...]:
+    # In declared order (the header's and the log's), whatever order the dependencies ran them in.
+    declared = sorted(ordered, key=lambda spec: _DECLARED.get(spec.name, len(_DECLARED)))
+    return tuple(StepOutput(spec.name, done.get(spec.name), spec.shown, spec.always_logged) for spec in declared)
+
+
+_DECLARED = {spec.name: position for position, spec in enumerate(CHECKS)}
+
+
+def results_of(*, skipped: str = "", dns_queries: int = 0, dns_deadline_expired: bool = False,
+               dnssec: Dnssec | None = None, **outputs: Any) -> Results:
+    """Results as `evaluate` would give them, from step outputs by name (for tests and tools): the table's order,
+    flags and DNSSEC summary (unless `dnssec` is given), with None for every step not named."""
+    unknown = set(outputs) - set(_DECLARED)
+    if unknown:
+        raise PipelineError(f"no such step(s) {sorted(unknown)}")
+    steps = _outputs(ORDERED_CHECKS, outputs)
+    return Results(steps, skipped=skipped, dns_queries=dns_queries, dns_deadline_expired=dns_deadline_expired,
+                   dnssec=dnssec_summary(steps) if dnssec is None else dnssec)

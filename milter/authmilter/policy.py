@@ -21,18 +21,23 @@ Then two exemptions soften the verdict (EXEMPTIONS), keeping the would-be reason
 Per recipient (`decide_recipient`, at RCPT): a bounce to a forged or expired SRS address of ours is refused for
 that recipient only. The same two exemptions apply.
 
+Overrides are decided here, once, and only shown by the renderer: a verdict carries the notes that go beside the
+results they explain (a trusted forwarder's SPF fail, the DMARC fail it overrides), so the header, the log and the
+reports all show the same decision.
+
 Every reply text goes through `safe_reply_text`.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+import dataclasses
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any
 
-from authmilter.checks import srs as srs_check
+from authmilter.checkresults import Results
 from authmilter.config import Config
 from authmilter.context import MessageContext
-from authmilter.pipeline import Results
-from authmilter.results import ACCEPT, Action, Status, Verdict
+from authmilter.results import ACCEPT, Action, Note, Status, Verdict
 
 Rule = Callable[[Results, MessageContext, Config], "Verdict | None"]
 Exemption = Callable[[Verdict, Sequence[str], Config], Verdict]
@@ -284,13 +289,29 @@ def decide(results: Results, ctx: MessageContext, cfg: Config, *,
            rules: Sequence[Rule] = RULES) -> Verdict:
     """The one verdict for a message at end of message."""
     verdict = next((v for v in (rule(results, ctx, cfg) for rule in rules) if v is not None), ACCEPT)
-    return _exempted(verdict, ctx.envelope.rcpts, cfg)
+    verdict = _exempted(verdict, ctx.envelope.rcpts, cfg)
+    notes = header_notes(results)
+    return dataclasses.replace(verdict, notes=notes) if notes else verdict
 
 
-def decide_recipient(rcpt: str, cfg: Config, *, now: float) -> Verdict:
-    """The verdict for one RCPT TO: only bounces to our own SRS addresses are judged here (issue 4)."""
-    bounce = srs_check.verify_bounce(rcpt, cfg.srs, now)
-    if bounce.status in ("not_srs", "valid"):
+def header_notes(results: Results) -> tuple[Note, ...]:
+    """What the header says beside the results about the trusted-forwarder decision (issue 4: the override must
+    be auditable in the header, named as DMARC reports name it)."""
+    if not results.forwarder:
+        return ()
+    notes = []
+    if results.spf is not None and results.spf.mailfrom.status in (Status.FAIL, Status.SOFTFAIL):
+        notes.append(Note("spf", f"trusted forwarder {results.forwarder}", ("smtp", "mailfrom")))
+    if results.dmarc is not None and results.dmarc.status == Status.FAIL:
+        notes.append(Note("dmarc", f"override=trusted_forwarder {results.forwarder}"))
+    return tuple(notes)
+
+
+def decide_recipient(rcpt: str, checks: Mapping[str, Any], cfg: Config) -> Verdict:
+    """The verdict for one RCPT TO from the recipient checks (pipeline.evaluate_recipient): only bounces to our own
+    SRS addresses are judged here (issue 4)."""
+    bounce = checks.get("srs_bounce")
+    if bounce is None or bounce.status in ("not_srs", "valid"):
         return ACCEPT
     texts = {"bad_hash": "hash does not match", "expired": "timestamp expired", "malformed": "malformed address"}
     verdict = Verdict(Action.REJECT, "550", "5.7.1",

@@ -54,13 +54,25 @@ class Property:
 class AREntry:
     """One method result as it will appear in the Authentication-Results header.
 
-    Values here are raw (unsanitized); arheader.py does all quoting and cleaning in one place.
+    Values here are raw (unsanitized); renderer.py does all quoting and cleaning in one place.
     """
 
     method: str
     result: str
     comment: str | None = None  # rendered after the result: "dnssec=insecure", "2048-bit rsa key; dnssec=secure"
     properties: tuple[Property, ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class Note:
+    """A remark a policy decision adds beside one method's result in the header, e.g. why a fail did not count.
+
+    It goes on the entries of `method` (and, when `on` names a property type and name, only on those carrying it).
+    """
+
+    method: str
+    text: str
+    on: tuple[str, str] | None = None
 
 
 class Action(StrEnum):
@@ -82,6 +94,7 @@ class Verdict:
     text: str = ""          # reply text (policy.py makes it safe for libmilter)
     reason: str = "accept"  # short machine-friendly name for the log line
     overridden: str = ""    # a policy override type (RFC 7489 appendix C: trusted_forwarder, local_policy...)
+    notes: tuple[Note, ...] = ()  # shown beside the results in the header (policy.header_notes)
 
 
 ACCEPT = Verdict(Action.ACCEPT)

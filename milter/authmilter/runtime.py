@@ -40,8 +40,10 @@ def build_observers(cfg: Config, previous: Runtime | None = None) -> tuple[Obser
 
 
 def build_runtime(cfg: Config, previous: Runtime | None = None) -> Runtime:
+    from authmilter import libpatches
     from authmilter.resolver import Resolver  # the DNS layer is only needed once we serve or check
 
+    libpatches.install()
     # getfqdn() may ask DNS: resolve the authserv-id once per config, not once per message.
     authserv_id = cfg.authserv_id
     if previous is not None and previous.cfg.dns == cfg.dns:

@@ -44,6 +44,9 @@ class IprevResult:
         prop = Property("policy", "iprev", self.client_ip, comment=self.confirmed_name)
         return (AREntry("iprev", str(self.status), comment, (prop,)),)
 
+    def dnssec_statuses(self) -> tuple[Dnssec, ...]:
+        return () if self.status is Status.NONE else (self.dnssec,)  # no client IP: nothing was looked up
+
     def log_fields(self) -> dict[str, str]:
         if self.status is Status.NONE:
             return {"iprev": str(self.status)}

@@ -36,6 +36,12 @@ class SenderDomainResult:
             return "temperror"
         return "ok"
 
+    def ar_entries(self) -> tuple:
+        return ()  # RFC 8601 has no method for it: it shows in the log and, when it decides, in the reply
+
+    def dnssec_statuses(self) -> tuple:
+        return ()  # it decides only on null MX or no address at all, never on how trusted the answer was
+
     def log_fields(self) -> dict[str, str]:
         fields = {"sender_domain": self.status}
         if self.reason:

@@ -7,13 +7,17 @@ import logging
 import re
 from contextvars import ContextVar
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 import spf as pyspf
 
 from authmilter.config import SpfSection
 from authmilter.context import Connection, Envelope, unmapped
-from authmilter.resolver import Answer, DnsClient, Outcome, to_a_labels
+from authmilter.resolver import Answer, DnsClient, Outcome
 from authmilter.results import AREntry, Dnssec, Property, Status, weakest
+
+if TYPE_CHECKING:
+    from authmilter.checks.srs import SrsInfo
 
 log = logging.getLogger(__name__)
 
@@ -38,14 +42,19 @@ class SpfResult:
 
     mailfrom: SpfIdentityResult
     helo: SpfIdentityResult | None = None  # when the HELO identity was checked too
+    srs: SrsInfo | None = None             # MAIL FROM was an SRS address: named beside the MAIL FROM result
 
     def ar_entries(self) -> tuple[AREntry, ...]:
         # RFC 8601 §2.7.2: smtp.mailfrom carries the full address that was checked; for the null sender that is
         # postmaster@HELO, so a reader sees which identity produced the result.
-        entries = [_ar_entry(self.mailfrom, Property("smtp", "mailfrom", self.mailfrom.sender))]
+        note = self.srs.note if self.srs is not None else ""
+        entries = [_ar_entry(self.mailfrom, Property("smtp", "mailfrom", self.mailfrom.sender), note)]
         if self.helo is not None:
             entries.append(_ar_entry(self.helo, Property("smtp", "helo", self.helo.domain)))
         return tuple(entries)
+
+    def dnssec_statuses(self) -> tuple[Dnssec, ...]:
+        return (self.mailfrom.dnssec,) + ((self.helo.dnssec,) if self.helo is not None else ())
 
     def log_fields(self) -> dict[str, str]:
         fields = {"spf": str(self.mailfrom.status)}
@@ -57,10 +66,8 @@ class SpfResult:
 
 # ---------------------------------------------------------------- A-R entries
 
-def _ar_entry(result: SpfIdentityResult, prop: Property) -> AREntry:
-    comment = f"dnssec={result.dnssec}"
-    if result.reason:
-        comment += f"; {result.reason}"
+def _ar_entry(result: SpfIdentityResult, prop: Property, note: str = "") -> AREntry:
+    comment = "; ".join(part for part in (f"dnssec={result.dnssec}", result.reason, note) if part)
     return AREntry("spf", str(result.status), comment, (prop,))
 
 
@@ -243,82 +250,3 @@ def _reason(status: Status, text: str, mechanism: str) -> str:
     if mechanism:
         return f"matched {mechanism}"[:_MAX_REASON]
     return "no mechanism matched"
-
-
-# ---------------------------------------------------------------- Received-SPF (RFC 7208 §9.1)
-
-_ATEXT = r"[A-Za-z0-9!#$%&'*+/=?^_`{|}~-]+"
-_DOT_ATOM = re.compile(rf"^{_ATEXT}(?:\.{_ATEXT})*$")
-_UNSAFE = re.compile(r"[^\x20-\x7e]")
-
-
-def _printable(text: str) -> str:
-    """Header-safe ASCII: CR, LF and other controls become spaces, anything non-ASCII becomes "?"."""
-    return _UNSAFE.sub(lambda m: " " if m.group() < "\x20" or m.group() == "\x7f" else "?", text)
-
-
-def _a_labels(domain: str) -> str:
-    """An internationalized domain in its ASCII form (RFC 5890), so that the header stays ASCII and exact."""
-    if domain.isascii():
-        return domain
-    return to_a_labels(domain) or domain  # not a valid IDN: _printable() will mark the odd characters
-
-
-def _ascii_address(address: str) -> str:
-    local, at, domain = address.rpartition("@")
-    return f"{local}{at}{_a_labels(domain)}" if at else _a_labels(address)
-
-
-def _value(text: str) -> str:
-    """A key-value value (§9.1 ABNF: dot-atom / quoted-string), so that nothing can end it early."""
-    text = _printable(text)
-    if _DOT_ATOM.match(text):
-        return text
-    return '"' + text.replace("\\", "\\\\").replace('"', '\\"') + '"'
-
-
-def _comment_text(text: str) -> str:
-    """Text safe inside an RFC 5322 comment: no parentheses or backslashes to unbalance it."""
-    return " ".join(_printable(text).replace("(", "[").replace(")", "]").replace("\\", "/").split())
-
-
-def received_spf_header(result: SpfResult, conn: Connection, env: Envelope, authserv_id: str) -> str:
-    checked = result.mailfrom
-    ip = unmapped(conn.client_ip)  # pyspf evaluates a mapped address as IPv4, so report what was checked
-    ip_text = str(ip) if ip is not None else "unknown"
-    comment = _comment_text(f"{authserv_id}: {_explain(checked, ip_text)}")
-    pairs = []
-    if ip is not None:
-        pairs.append(("client-ip", ip_text))
-    if env.mail_from:
-        pairs.append(("envelope-from", _ascii_address(env.mail_from)))
-    if conn.helo:
-        pairs.append(("helo", _a_labels(conn.helo)))
-    pairs.append(("receiver", authserv_id))
-    if checked.status in (Status.PERMERROR, Status.TEMPERROR) and checked.reason:
-        pairs.append(("problem", checked.reason))
-    elif checked.mechanism:
-        pairs.append(("mechanism", checked.mechanism))
-    pairs.append(("identity", checked.identity))
-    text = f"{checked.status} ({comment}) " + " ".join(f"{key}={_value(value)};" for key, value in pairs)
-    return text
-
-
-def _explain(result: SpfIdentityResult, ip: str) -> str:
-    # The wording follows the examples of RFC 7208 §9.1.
-    who = _ascii_address(result.sender)
-    match result.status:
-        case Status.PASS:
-            return f"domain of {who} designates {ip} as permitted sender"
-        case Status.FAIL:
-            return f"domain of {who} does not designate {ip} as permitted sender"
-        case Status.SOFTFAIL:
-            return f"domain of transitioning {who} does not designate {ip} as permitted sender"
-        case Status.NEUTRAL:
-            return f"{ip} is neither permitted nor denied by domain of {who}"
-        case Status.NONE:
-            return f"domain of {who} does not designate permitted sender hosts"
-        case Status.TEMPERROR:
-            return f"temporary error in processing during lookup of {who}"
-        case _:
-            return f"permanent error in processing domain of {who}"

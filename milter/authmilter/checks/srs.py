@@ -41,6 +41,17 @@ class SrsInfo:
     def log_fields(self) -> dict[str, str]:
         return {"srs_forwarder": self.forwarder_domain, "srs_original": self.original_sender}
 
+    def ar_entries(self) -> tuple:
+        return ()  # no method of its own: the SPF entry names the forwarder and the original sender
+
+    def dnssec_statuses(self) -> tuple:
+        return ()  # parsed from the address alone
+
+    @property
+    def note(self) -> str:
+        """How the SPF header entry names the rewrite."""
+        return f"{self.scheme} from {self.forwarder_domain} for {self.original_sender}"
+
 
 @dataclass(frozen=True, slots=True)
 class SrsBounce:

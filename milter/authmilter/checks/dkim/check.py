@@ -20,7 +20,6 @@ from collections.abc import Generator, Mapping
 from dataclasses import dataclass
 
 import dkim as dkimpy
-import dkim.crypto as dkimpy_crypto
 import nacl.exceptions
 from dkim.asn1 import ASN1FormatError
 from dkim.crypto import UnparsableKeyError
@@ -78,6 +77,9 @@ class DkimResult:
     def passing_domains(self) -> tuple[str, ...]:
         return tuple(s.domain for s in self.signatures if s.status is Status.PASS)
 
+    def dnssec_statuses(self) -> tuple[Dnssec, ...]:
+        return tuple(signature.dnssec for signature in self.signatures if signature.key_queried)
+
     def ar_entries(self) -> tuple[AREntry, ...]:
         if not self.signatures and not self.skipped:
             return (AREntry("dkim", str(Status.NONE), "no signatures"),)
@@ -102,80 +104,6 @@ class DkimResult:
         if self.skipped:
             fields["dkim_skipped"] = str(self.skipped)
         return fields
-
-
-# ---------------------------------------------------------------- dkimpy's integer conversions
-
-def _str2int(data) -> int:
-    return int.from_bytes(data, "big")
-
-
-def _int2str(n: int, length: int = -1) -> bytearray:
-    # dkimpy's version loops in Python over every octet; with length given it keeps the low `length` octets.
-    assert n >= 0
-    if length < 0:
-        return bytearray(n.to_bytes(max(1, (n.bit_length() + 7) // 8), "big"))
-    return bytearray((n & ((1 << (8 * length)) - 1)).to_bytes(length, "big"))
-
-
-# Measured on the bench mix: dkimpy's byte-by-byte str2int/int2str cost ~60 us per RSA-2048 verification (a third
-# of the modular exponentiation itself). Replaced in this one place by equivalents (tests/test_streaming.py checks
-# they agree with dkimpy's on random values); dkimpy looks them up in its module at call time.
-dkimpy_crypto.str2int = _str2int
-dkimpy_crypto.int2str = _int2str
-
-
-# ---------------------------------------------------------------- RSA verification through OpenSSL
-
-# dkimpy verifies RSA with Python's pow(): ~0.2 ms per RSA-2048 signature, a tenth of a message's CPU on the bench
-# mix. When the `cryptography` package is present, OpenSSL does the same RFC 8017 §8.2.2 check (modular power, then
-# an exact comparison with the EMSA-PKCS1-v1_5 encoding of the digest) in a few microseconds. Anything it does not
-# cover (another hash, a key under 1024 bits or one OpenSSL refuses to load) keeps dkimpy's own code, so the answers
-# stay dkimpy's (tests/test_dkim_rsa.py compares both on valid and corrupted signatures).
-try:
-    from cryptography.exceptions import InvalidSignature
-    from cryptography.hazmat.primitives import hashes as _hashes
-    from cryptography.hazmat.primitives.asymmetric import padding as _padding
-    from cryptography.hazmat.primitives.asymmetric import rsa as _rsa
-    from cryptography.hazmat.primitives.asymmetric.utils import Prehashed
-except ImportError:  # pragma: no cover - optional: dkimpy's pure-Python path is used
-    _PREHASHED: dict = {}
-else:
-    _PREHASHED = {"sha256": Prehashed(_hashes.SHA256()), "sha1": Prehashed(_hashes.SHA1())}
-
-_dkimpy_rsa_verify = dkimpy_crypto.RSASSA_PKCS1_v1_5_verify
-_OPENSSL_MIN_BITS = 1024
-
-
-def rsa_verify(digest, signature, public_key) -> bool:
-    """dkimpy's RSASSA_PKCS1_v1_5_verify(hash object, signature, {"modulus", "publicExponent"}), same answers."""
-    prehashed = _PREHASHED.get(str(getattr(digest, "name", "")).lower())
-    key = _openssl_key(public_key["modulus"], public_key["publicExponent"]) if prehashed is not None else None
-    if key is None:
-        return _dkimpy_rsa_verify(digest, signature, public_key)
-    try:
-        key.verify(bytes(signature), digest.digest(), _padding.PKCS1v15(), prehashed)
-    except InvalidSignature:
-        return False
-    except (ValueError, TypeError):  # input OpenSSL will not take: dkimpy gives (or raises) its own answer
-        return _dkimpy_rsa_verify(digest, signature, public_key)
-    return True
-
-
-@functools.lru_cache(maxsize=128)
-def _openssl_key(modulus: int, exponent: int):
-    """The OpenSSL key for one DKIM key, made once per key (keys repeat across messages); None: use dkimpy."""
-    if modulus.bit_length() < _OPENSSL_MIN_BITS:
-        return None
-    try:
-        return _rsa.RSAPublicNumbers(exponent, modulus).public_key()
-    except (ValueError, TypeError):  # an even modulus, an exponent OpenSSL rejects...: dkimpy answers instead
-        return None
-
-
-if _PREHASHED:
-    # dkimpy's verify_sig_process looks the name up in its module at call time.
-    dkimpy.RSASSA_PKCS1_v1_5_verify = rsa_verify
 
 
 # ---------------------------------------------------------------- the check

@@ -74,6 +74,9 @@ class DmarcResult:
             parts.append(f"dnssec={self.dnssec.value}")
         return "; ".join(parts)
 
+    def dnssec_statuses(self) -> tuple[Dnssec, ...]:
+        return () if self.from_error else (self.dnssec,)  # no author domain: no policy was looked up
+
     def log_fields(self) -> dict[str, str]:
         fields = {
             "dmarc": self.status.value,

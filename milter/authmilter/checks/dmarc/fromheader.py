@@ -20,6 +20,7 @@ from dataclasses import dataclass
 from email.header import decode_header
 
 from authmilter.context import Header
+from authmilter.errors import AuthmilterError
 from authmilter.resolver import to_a_labels
 
 MAX_FROM_BYTES = 4096  # far beyond any honest From; bounds the work an attacker can ask of us
@@ -47,7 +48,7 @@ class FromParse:
         return not self.error
 
 
-class _Reject(Exception):
+class _Reject(AuthmilterError):
     """Internal: unwinds the parser with a reason; never leaves this module."""
 
 

@@ -12,13 +12,14 @@ from functools import lru_cache
 
 from authmilter.checks.dmarc.record import DmarcRecord, Psd, RecordSet, select_record
 from authmilter.config import OrgDomainMethod
+from authmilter.errors import AuthmilterError
 from authmilter.resolver import DnsClient, Outcome
 from authmilter.results import Dnssec, weakest
 
 WALK_LABEL_LIMIT = 8  # RFC 9989 §4.10 step 5: longer names jump straight to their last 7 labels
 
 
-class TemporaryFailure(Exception):
+class TemporaryFailure(AuthmilterError):
     """Internal: a lookup that matters failed temporarily; DMARC maps it to temperror. Never escapes dmarc.py."""
 
     def __init__(self, name: str, detail: str) -> None:

@@ -6,17 +6,20 @@ from __future__ import annotations
 import ipaddress
 import re
 
+from dataclasses import replace
+
 import authres
 import authres.core
 import pytest
 
-from authmilter.arheader import authserv_id_of, clean_comment, is_ours, render, render_entries, render_value
+from authmilter import policy
 from authmilter.checks.dmarc.check import DmarcResult
 from authmilter.checks.iprev import IprevResult
 from authmilter.checks.spf import SpfIdentityResult, SpfResult
 from authmilter.checks.srs import SrsInfo
-from authmilter.pipeline import Results
-from authmilter.results import AREntry, Dnssec, Property, Status
+from authmilter.pipeline import results_of
+from authmilter.renderer import authserv_id_of, clean_comment, is_ours, render, render_entries, render_value
+from authmilter.results import Action, AREntry, Dnssec, Property, Status, Verdict
 
 FEATURES = authres.all_features()
 ID = "mx.example.net"
@@ -240,18 +243,21 @@ def _spf(status=Status.PASS, sender="user@example.org"):
 
 
 def test_render_results_skipped_is_none():
-    assert render(ID, Results(skipped="trusted_network", spf=_spf())) == " mx.example.net; none"
+    assert render(ID, results_of(skipped="trusted_network", spf=_spf())) == " mx.example.net; none"
 
 
 def test_render_results_in_fixed_order_with_srs_and_forwarder_notes():
-    results = Results(
+    srs = SrsInfo("SRS0", "fwd.example.net", "user@example.org")
+    results = results_of(
         iprev=IprevResult(Status.PASS, "192.0.2.1", "fwd.example.net", dnssec=Dnssec.INSECURE),
-        srs=SrsInfo("SRS0", "fwd.example.net", "user@example.org"),
-        spf=_spf(Status.FAIL, "SRS0=HHHH=TT=example.org=user@fwd.example.net"),
+        srs=srs,
+        spf=replace(_spf(Status.FAIL, "SRS0=HHHH=TT=example.org=user@fwd.example.net"), srs=srs),
         dmarc=DmarcResult(Status.FAIL, "example.org", policy="reject", disposition="reject", p="reject"),
         forwarder="host fwd.example.net",
     )
-    value = render(ID, results)
+    # The forwarder notes are policy's decision, carried by the verdict; the renderer only shows them.
+    value = render(ID, results, Verdict(Action.ACCEPT, notes=policy.header_notes(results)))
+    assert "trusted forwarder" not in render(ID, results)
     header = parse_back(value)
     assert [(r.method, r.result) for r in header.results] == [("iprev", "pass"), ("spf", "fail"),
                                                                ("dmarc", "fail")]
@@ -262,8 +268,8 @@ def test_render_results_in_fixed_order_with_srs_and_forwarder_notes():
 
 
 def test_render_results_hostile_srs_original_sender_stays_in_the_comment():
-    results = Results(srs=SrsInfo("SRS0", "fwd.example", "a) ; dmarc=pass (@x"),
-                      spf=_spf(Status.PASS, "SRS0=x=y=x=a@fwd.example"))
+    srs = SrsInfo("SRS0", "fwd.example", "a) ; dmarc=pass (@x")
+    results = results_of(srs=srs, spf=replace(_spf(Status.PASS, "SRS0=x=y=x=a@fwd.example"), srs=srs))
     header = parse_back(render(ID, results))
     assert [r.method for r in header.results] == ["spf"]
 

@@ -1,8 +1,10 @@
-"""Our one Authentication-Results header (RFC 8601): rendering, sanitizing, and recognising forged copies.
+"""Every header we add, rendered, sanitized and folded in this one module: our Authentication-Results header (RFC
+8601) and Received-SPF (RFC 7208 §9.1); and the recognising of forged A-R headers that claim our authserv-id.
 
-All quoting and cleaning happens here, on the neutral AREntry values the checks produce, so that nothing the
-sender or a DNS zone controls (MAIL FROM, HELO, From, d=, s=, i=, b=, PTR names, exp= text) can add a method,
-close a comment or end the header. We do our own quoting instead of authres's: authres 1.2.0 leaves some values
+All quoting and cleaning happens here, on the neutral AREntry values the checks produce and the notes policy
+attaches to the verdict, so that nothing the sender or a DNS zone controls (MAIL FROM, HELO, From, d=, s=, i=, b=,
+PTR names, exp= text) can add a method, close a comment or end the header. Values come out as libmilter wants
+them: a leading space (we negotiate SMFIP_HDR_LEADSPC) and LF + TAB folding. We do our own quoting instead of authres's: authres 1.2.0 leaves some values
 unquoted (`postmaster@[1.2.3.5]`) and writes comments raw.
 
 The header is ASCII only: RFC 8601 allows UTF-8 only in RFC 6532 messages, and many consumers (authres among them)
@@ -18,11 +20,14 @@ import unicodedata
 from collections.abc import Iterable, Sequence
 from typing import TYPE_CHECKING
 
+from authmilter.context import Connection, Envelope, MessageContext, unmapped
 from authmilter.resolver import to_a_labels
-from authmilter.results import AREntry, Status
+from authmilter.results import AREntry, Note, Status, Verdict
 
 if TYPE_CHECKING:
-    from authmilter.pipeline import Results
+    from authmilter.checkresults import Results
+    from authmilter.checks.spf import SpfIdentityResult, SpfResult
+    from authmilter.config import Config
 
 HEADER_NAME = "Authentication-Results"
 FOLD = "\n\t"          # libmilter wants LF line ends in inserted headers; Postfix turns them into CRLF
@@ -88,10 +93,6 @@ def render_value(text: str) -> str:
     return '"' + cleaned.replace("\\", "\\\\").replace('"', '\\"') + '"'
 
 
-def needs_quoting(text: str) -> bool:
-    return render_value(text).startswith('"')
-
-
 def clean_comment(text: str | None) -> str:
     """Comment text that cannot close or nest a comment (no parentheses, no backslash), one line, bounded."""
     if not text:
@@ -133,7 +134,11 @@ def _entry_tokens(entry: AREntry) -> list[str]:
     tokens = [_with_comment_token(f"{method}={result}", entry.comment)]
     # RFC 8601 does not order properties. authres 1.2.0 drops a property that follows a quoted value, so quoted
     # values go last, where every parser we know reads them.
-    rendered = [(render_value(prop.value), prop) for prop in entry.properties]
+    # A value that cleans down to nothing (a d=, s= or i= of control characters only) says nothing, and `""` (or
+    # a bare `@`) beside another quoted value makes authres 1.2.0 lose the whole header: such a property is left
+    # out.
+    rendered = [(render_value(prop.value), prop) for prop in entry.properties
+                if clean_value(prop.value) not in ("", "@")]
     for value, prop in sorted(rendered, key=lambda item: item[0].startswith('"')):
         ptype, name = clean_keyword(prop.ptype), clean_keyword(prop.name)
         if ptype and name:
@@ -173,36 +178,29 @@ def _with_comment(entry: AREntry, extra: str) -> AREntry:
     return dataclasses.replace(entry, comment=comment)
 
 
-def _is_mailfrom_spf(entry: AREntry) -> bool:
-    return entry.method == "spf" and any(p.ptype == "smtp" and p.name == "mailfrom" for p in entry.properties)
+def _note_applies(note: Note, entry: AREntry) -> bool:
+    if entry.method != note.method:
+        return False
+    return note.on is None or any((p.ptype, p.name) == note.on for p in entry.properties)
 
 
-def collect_entries(results: Results) -> tuple[AREntry, ...]:
-    """Every method's entries in a fixed order (iprev, spf, dkim, dmarc), with the SRS and trusted-forwarder
-    notes that belong to no single check added as comments."""
+def collect_entries(results: Results, notes: Sequence[Note] = ()) -> tuple[AREntry, ...]:
+    """Every shown result's entries in table order, with the notes of the verdict (policy's overrides) added as
+    comments to the entries they explain."""
     if results.skipped:
         return ()
-    entries: list[AREntry] = []
-    for result in (results.iprev, results.spf, results.dkim, results.dmarc):
-        if result is not None:
-            entries.extend(result.ar_entries())
     out = []
-    for entry in entries:
-        if _is_mailfrom_spf(entry):
-            if results.srs is not None:
-                entry = _with_comment(entry, f"{results.srs.scheme} from {results.srs.forwarder_domain} "
-                                             f"for {results.srs.original_sender}")
-            if results.forwarder and entry.result in (Status.FAIL, Status.SOFTFAIL):
-                entry = _with_comment(entry, f"trusted forwarder {results.forwarder}")
-        elif entry.method == "dmarc" and results.forwarder and entry.result == Status.FAIL:
-            # Issue 4: the override must be auditable in the header, named as DMARC reports name it.
-            entry = _with_comment(entry, f"override=trusted_forwarder {results.forwarder}")
-        out.append(entry)
+    for method in results.methods():
+        for entry in method.ar_entries():
+            for note in notes:
+                if _note_applies(note, entry):
+                    entry = _with_comment(entry, note.text)
+            out.append(entry)
     return tuple(out)
 
 
-def render(authserv_id: str, results: Results) -> str:
-    return render_entries(authserv_id, collect_entries(results))
+def render(authserv_id: str, results: Results, verdict: Verdict | None = None) -> str:
+    return render_entries(authserv_id, collect_entries(results, verdict.notes if verdict is not None else ()))
 
 
 # ---------------------------------------------------------------- recognising our own id in incoming headers
@@ -258,3 +256,107 @@ def is_ours(header_value: str, ids: Iterable[str]) -> bool:
     headers from outside are forgeries and must be removed)."""
     claimed = _normalized(authserv_id_of(header_value))
     return bool(claimed) and any(claimed == _normalized(own) for own in ids if _normalized(own))
+
+
+# ---------------------------------------------------------------- Received-SPF (RFC 7208 §9.1)
+
+_SPF_ATEXT = r"[A-Za-z0-9!#$%&'*+/=?^_`{|}~-]+"
+_DOT_ATOM = re.compile(rf"^{_SPF_ATEXT}(?:\.{_SPF_ATEXT})*$")
+_UNSAFE = re.compile(r"[^\x20-\x7e]")
+
+
+def _printable(text: str) -> str:
+    """Header-safe ASCII: CR, LF and other controls become spaces, anything non-ASCII becomes "?"."""
+    return _UNSAFE.sub(lambda m: " " if m.group() < "\x20" or m.group() == "\x7f" else "?", text)
+
+
+def _a_labels(domain: str) -> str:
+    """An internationalized domain in its ASCII form (RFC 5890), so that the header stays ASCII and exact."""
+    if domain.isascii():
+        return domain
+    return to_a_labels(domain) or domain  # not a valid IDN: _printable() will mark the odd characters
+
+
+def _ascii_address(address: str) -> str:
+    local, at, domain = address.rpartition("@")
+    return f"{local}{at}{_a_labels(domain)}" if at else _a_labels(address)
+
+
+def _value(text: str) -> str:
+    """A key-value value (§9.1 ABNF: dot-atom / quoted-string), so that nothing can end it early."""
+    text = _printable(text)
+    if _DOT_ATOM.match(text):
+        return text
+    return '"' + text.replace("\\", "\\\\").replace('"', '\\"') + '"'
+
+
+def _comment_text(text: str) -> str:
+    """Text safe inside an RFC 5322 comment: no parentheses or backslashes to unbalance it."""
+    return " ".join(_printable(text).replace("(", "[").replace(")", "]").replace("\\", "/").split())
+
+
+def received_spf_value(result: SpfResult, conn: Connection, env: Envelope, authserv_id: str) -> str:
+    checked = result.mailfrom
+    ip = unmapped(conn.client_ip)  # pyspf evaluates a mapped address as IPv4, so report what was checked
+    ip_text = str(ip) if ip is not None else "unknown"
+    comment = _comment_text(f"{authserv_id}: {_explain(checked, ip_text)}")
+    pairs = []
+    if ip is not None:
+        pairs.append(("client-ip", ip_text))
+    if env.mail_from:
+        pairs.append(("envelope-from", _ascii_address(env.mail_from)))
+    if conn.helo:
+        pairs.append(("helo", _a_labels(conn.helo)))
+    pairs.append(("receiver", authserv_id))
+    if checked.status in (Status.PERMERROR, Status.TEMPERROR) and checked.reason:
+        pairs.append(("problem", checked.reason))
+    elif checked.mechanism:
+        pairs.append(("mechanism", checked.mechanism))
+    pairs.append(("identity", checked.identity))
+    text = f"{checked.status} ({comment}) " + " ".join(f"{key}={_value(value)};" for key, value in pairs)
+    return text
+
+
+def _explain(result: SpfIdentityResult, ip: str) -> str:
+    # The wording follows the examples of RFC 7208 §9.1.
+    who = _ascii_address(result.sender)
+    match result.status:
+        case Status.PASS:
+            return f"domain of {who} designates {ip} as permitted sender"
+        case Status.FAIL:
+            return f"domain of {who} does not designate {ip} as permitted sender"
+        case Status.SOFTFAIL:
+            return f"domain of transitioning {who} does not designate {ip} as permitted sender"
+        case Status.NEUTRAL:
+            return f"{ip} is neither permitted nor denied by domain of {who}"
+        case Status.NONE:
+            return f"domain of {who} does not designate permitted sender hosts"
+        case Status.TEMPERROR:
+            return f"temporary error in processing during lookup of {who}"
+        case _:
+            return f"permanent error in processing domain of {who}"
+
+
+# ---------------------------------------------------------------- every header of one verdict
+
+RECEIVED_SPF_NAME = "Received-SPF"
+
+
+def as_header_value(value: str) -> str:
+    """libmilter wants LF folding, and with SMFIP_HDR_LEADSPC the value's leading space is ours to supply."""
+    value = value.replace("\r\n", "\n").replace("\r", "")
+    return value if value[:1] in (" ", "\t") else " " + value
+
+
+def render_headers(authserv_id: str, ctx: MessageContext, results: Results, verdict: Verdict,
+                   cfg: Config) -> tuple[tuple[str, str], ...]:
+    """(name, value) of every header this verdict adds, top first: A-R, then Received-SPF (both trace fields of this
+    hop, so they go above the MTA's own Received:). Nothing for a refused message."""
+    headers: list[tuple[str, str]] = []
+    ar_value = render(authserv_id, results, verdict)
+    if ar_value.strip():
+        headers.append((HEADER_NAME, as_header_value(ar_value)))
+    if cfg.spf.received_spf_header and results.spf is not None:
+        headers.append((RECEIVED_SPF_NAME, as_header_value(
+            received_spf_value(results.spf, ctx.connection, ctx.envelope, authserv_id))))
+    return tuple(headers)
