@@ -16,7 +16,7 @@ import binascii
 import functools
 import hmac
 import logging
-from collections.abc import Generator, Mapping
+from collections.abc import Generator
 from dataclasses import dataclass
 
 import dkim as dkimpy
@@ -142,13 +142,12 @@ def body_hash_keys(msg: Message, cfg: DkimSection, from_domain: str | None) -> f
     return frozenset(keys)
 
 
-def check_dkim(msg: Message, dns: DnsClient, cfg: DkimSection, *, now: float, from_domain: str | None,
-               body_hashes: Mapping[BodyHashKey, BodyHash] | None = None) -> DkimResult:
+def check_dkim(msg: Message, dns: DnsClient, cfg: DkimSection, *, now: float, from_domain: str | None) -> DkimResult:
     """Verify up to cfg.max_signatures DKIM-Signature fields, those aligned with from_domain first.
 
-    `body_hashes` may carry hashes already computed while the body streamed in (dkim_body.BodyHasher); any key
-    missing from it is computed here from `msg.body`, in one pass for all signatures. When the body was streamed
-    (`msg.body_hashes` is not None) nothing of it is left to hash, and a missing key is a bug of ours.
+    When the body was streamed (`msg.body_hashes` is not None, computed by body.BodyHasher from the table's body
+    plan) nothing of it is left to hash, and a missing key is a bug of ours; otherwise the hashes are computed here
+    from `msg.body`, in one pass for all signatures.
     """
     if not msg.get_all("DKIM-Signature") and not msg.headers_truncated:
         return DkimResult()
@@ -165,7 +164,7 @@ def check_dkim(msg: Message, dns: DnsClient, cfg: DkimSection, *, now: float, fr
         except StopIteration as done:
             results[index] = done.value
     if waiting:
-        hashes = dict(msg.body_hashes or ()) if body_hashes is None else dict(body_hashes)
+        hashes = dict(msg.body_hashes or ())
         missing = {key for _, key in waiting.values() if key not in hashes}
         if missing:
             if msg.body_hashes is not None:
@@ -176,8 +175,6 @@ def check_dkim(msg: Message, dns: DnsClient, cfg: DkimSection, *, now: float, fr
                 evaluation.send(hashes[key])
             except StopIteration as done:
                 results[index] = done.value
-            else:  # pragma: no cover - _evaluate yields exactly once
-                raise RuntimeError("DKIM evaluation asked for a second body hash")
     return DkimResult(tuple(results[index] for index in sorted(results)), skipped)
 
 
@@ -298,8 +295,6 @@ def _library_problem(stage: str, exc: BaseException) -> tuple[Status, str]:
         if isinstance(exc, InvalidTagValueList):
             return Status.PERMERROR, "key record syntax error"  # RFC 6376 §6.1.2 PERMFAIL (key syntax error)
         return Status.PERMERROR, "unusable key"
-    if isinstance(exc, dkimpy.DnsTimeoutError):  # pragma: no cover - dkimpy gets no DNS function from us
-        return Status.TEMPERROR, "key lookup timeout"
     if isinstance(exc, dkimpy.MessageFormatError):
         return Status.NEUTRAL, "message format error"
     # A key that parsed but cannot verify (dkimpy's "digest too large for modulus", a NaCl error) is unusable.
