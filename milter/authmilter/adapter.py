@@ -29,6 +29,7 @@ from authmilter.errors import AuthmilterError
 from authmilter.judge import Judgement, judge_message, judge_recipient
 from authmilter.results import Action, Verdict
 from authmilter.runtime import Runtime, RuntimeRef
+from authmilter.sessions import Sessions
 
 log = logging.getLogger("authmilter")
 
@@ -64,10 +65,11 @@ class _Transaction:
     """Facts of one transaction, renewed at MAIL FROM (aiosmtpd's Envelope). Mutable until end-of-message."""
 
     __slots__ = ("runtime", "mail_from", "rcpts", "headers", "header_bytes", "truncated", "ar_count",
-                 "forged_ar", "body", "queue_id", "failed_stage")
+                 "forged_ar", "body", "queue_id", "failed_stage", "after_stop")
 
-    def __init__(self, runtime: Runtime, mail_from: str) -> None:
+    def __init__(self, runtime: Runtime, mail_from: str, *, after_stop: bool = False) -> None:
         self.runtime = runtime
+        self.after_stop = after_stop  # begun once the daemon was stopping: answered with error_action, not judged
         self.mail_from = mail_from
         self.rcpts: list[str] = []
         self.headers: list[Header] = []
@@ -85,9 +87,10 @@ class _Transaction:
 class AuthMilter(Milter.Base):
     """One object per SMTP connection (Milter.factory makes one per libmilter connection)."""
 
-    def __init__(self, ref: RuntimeRef, *, clock: Callable[[], float] = time.monotonic,
+    def __init__(self, ref: RuntimeRef, sessions: Sessions, *, clock: Callable[[], float] = time.monotonic,
                  wallclock: Callable[[], float] = time.time) -> None:
         self._ref = ref
+        self._sessions = sessions
         self._clock = clock
         self._wallclock = wallclock
         self._client_ip: ipaddress.IPv4Address | ipaddress.IPv6Address | None = None
@@ -96,10 +99,16 @@ class AuthMilter(Milter.Base):
         self._auth_user: str | None = None
         self._tx: _Transaction | None = None
         self._connection_failed = ""
+        sessions.opened(self)  # close() is libmilter's last call for every session, refused ones included
 
     # -- negotiation
 
     def negotiate(self, opts):
+        if self._sessions.stopping:
+            # A connection that reached us after the stop (inet sockets still accept, a unix socket's backlog is
+            # still accepted): refused, so the MTA applies its milter_default_action, as to a milter that is gone.
+            log.info("stopping: refusing a new milter connection")
+            return Milter.REJECT
         try:
             offered_actions, offered_protocol = opts[0], opts[1]
             self._actions = offered_actions & ACTIONS
@@ -130,7 +139,7 @@ class AuthMilter(Milter.Base):
     @Milter.noreply
     def envfrom(self, mailfrom, *params):
         # A new transaction starts here whatever happened before: nothing of the last message leaks into this one.
-        self._tx = _Transaction(self._ref.current, "")
+        self._tx = _Transaction(self._ref.current, "", after_stop=self._sessions.stopping)
         self._guarded("mail", self._on_mail, mailfrom)
         return Milter.CONTINUE
 
@@ -149,6 +158,9 @@ class AuthMilter(Milter.Base):
 
     def envrcpt(self, rcpt, *params):
         try:
+            tx = self._transaction()
+            if self._turned_away(tx):
+                return self._stop_reply(tx, at_eom=False)
             return self._on_rcpt(rcpt)
         except Exception:
             self._log_error("rcpt")
@@ -157,6 +169,8 @@ class AuthMilter(Milter.Base):
     def eom(self):
         tx = self._transaction()
         try:
+            if self._turned_away(tx):
+                return self._stop_reply(tx, at_eom=True)
             if tx.failed_stage or self._connection_failed:
                 log.error("queue_id=%s earlier failure in %s stage; answering with error_action=%s",
                           self._queue_id(tx), tx.failed_stage or self._connection_failed,
@@ -177,7 +191,13 @@ class AuthMilter(Milter.Base):
 
     def close(self):
         self._tx = None
+        self._sessions.closed(self)
         return Milter.CONTINUE
+
+    def in_flight(self) -> bool:
+        """What a stop waits for: a transaction begun before the stop, not yet answered at end of message."""
+        tx = self._tx
+        return tx is not None and not tx.after_stop
 
     # -- fact recording
 
@@ -259,6 +279,8 @@ class AuthMilter(Milter.Base):
             self._body_stream(tx).message(),
         )
         judgement = judge_message(ctx, runtime, now=self._wallclock(), clock=self._clock, started=started)
+        if self._sessions.cut_off:  # stop_timeout ran out while this message was judged (its late lookups failed)
+            return self._stop_reply(tx, at_eom=True)
         return self._apply(judgement, tx)
 
     def _apply(self, judgement: Judgement, tx: _Transaction) -> int:
@@ -291,6 +313,18 @@ class AuthMilter(Milter.Base):
     def _set_reply(self, code: str, status: str, text: str) -> None:
         # Verdict texts are already safe for libmilter (policy.safe_reply_text: one line, every '%' doubled).
         self.setreply(code, status or None, text or None)
+
+    # -- the daemon is stopping
+
+    def _turned_away(self, tx: _Transaction) -> bool:
+        return tx.after_stop or self._sessions.cut_off
+
+    def _stop_reply(self, tx: _Transaction, *, at_eom: bool) -> int:
+        """A transaction the stopping daemon does not judge (begun after the stop, or still running when
+        [milter] stop_timeout ran out) gets error_action, as when our own code fails."""
+        log.info("queue_id=%s stopping: answering %s with error_action=%s", self._queue_id(tx) or "-",
+                 "end of message" if at_eom else "RCPT", tx.runtime.cfg.milter.error_action.value)
+        return self._error_reply(tx.runtime.cfg, at_eom=at_eom)
 
     # -- failures of our own code
 
@@ -332,7 +366,7 @@ class AuthMilter(Milter.Base):
 
     def _transaction(self) -> _Transaction:
         if self._tx is None:  # an MTA that skipped MAIL: still one clean transaction
-            self._tx = _Transaction(self._ref.current, "")
+            self._tx = _Transaction(self._ref.current, "", after_stop=self._sessions.stopping)
         return self._tx
 
     def _queue_id(self, tx: _Transaction) -> str:
@@ -354,9 +388,9 @@ def _log_undecodable_input(exc_type, exc, traceback) -> None:
                   exc_info=(exc_type, exc, traceback))
 
 
-def setup(name: str, socket_spec: str, timeout: int, ref: RuntimeRef) -> None:
+def setup(name: str, socket_spec: str, timeout: int, ref: RuntimeRef, sessions: Sessions) -> None:
     """Register our callbacks with libmilter (pymilter's runmilter, split so the daemon can act between the steps)."""
-    Milter.factory = functools.partial(AuthMilter, ref)
+    Milter.factory = functools.partial(AuthMilter, ref, sessions)
     Milter.set_flags(ACTIONS)
     # pymilter's C layer decodes a header NAME and the HELO argument as strict UTF-8 before any of our code runs;
     # on failure it answers with its exception policy. TEMPFAIL (its default) at a no-reply stage leaves the MTA
@@ -396,12 +430,9 @@ def open_socket() -> None:
 
 
 def serve() -> None:
-    """Blocks in libmilter's accept loop until stop() (or libmilter's own signal thread) ends it."""
+    """Blocks in libmilter's accept loop. The daemon never ends it (see sessions.py): only a failure, or a signal
+    that libmilter's own signal thread took, does."""
     try:
         Milter.milter.main()
     except Milter.milter.error as exc:
         raise SocketError(str(exc)) from None
-
-
-def stop() -> None:
-    Milter.milter.stop()

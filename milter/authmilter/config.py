@@ -195,6 +195,8 @@ class MilterSection:
     connection_timeout: int = key(600, "seconds libmilter waits on an idle Postfix connection", minimum=1)
     cpu: str = key("auto", "the one CPU the milter's threads run on: auto (the CPU it starts on), a CPU number, "
                            "or all (no pinning)", parse=parse_cpu)
+    stop_timeout: float = key(20.0, "seconds a stop (SIGTERM) waits for the messages in flight; those still "
+                                    "running then get error_action", minimum=0, maximum=300)
 
 
 @dataclass(frozen=True, slots=True)

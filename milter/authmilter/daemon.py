@@ -2,8 +2,12 @@
 
 Python runs signal handlers only on the main thread, and libmilter's own signal thread treats SIGHUP and SIGTERM
 as "stop". So libmilter's loop (`adapter.serve`) runs in a worker thread, and the main thread waits for it while
-handling SIGUSR1 (reload) and SIGTERM/SIGINT (clean stop through smfi_stop). Linux delivers a signal sent to the
-process to its main thread when that thread does not block it, so these reach Python, not libmilter.
+handling SIGUSR1 (reload) and SIGTERM/SIGINT (stop). Linux delivers a signal sent to the process to its main thread
+when that thread does not block it, so these reach Python, not libmilter.
+
+A stop never goes through libmilter's own stop (see sessions.py for why): the daemon refuses new sessions, lets the
+transactions in flight be answered ([milter] stop_timeout bounds the wait), ends the connections left, closes the
+resolver and leaves the process with os._exit (see leave()).
 """
 
 from __future__ import annotations
@@ -15,15 +19,20 @@ import os
 import signal
 import socket
 import stat
+import sys
 import threading
+import time
+from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import NoReturn
 
 from authmilter import adapter, cpu, logsetup
 from authmilter.config import Config, load_config
 from authmilter.errors import ConfigError
-from authmilter.exitcodes import EX_OK, EX_OSERR
+from authmilter.exitcodes import EX_OK, EX_OSERR, EX_SOFTWARE
 from authmilter.observers import close_all
 from authmilter.runtime import Runtime, RuntimeRef, build_runtime
+from authmilter.sessions import Sessions
 
 log = logging.getLogger("authmilter")
 
@@ -31,6 +40,8 @@ MILTER_NAME = "authmilter"
 
 # How often the main thread wakes to notice the worker ending; signals interrupt the wait anyway.
 _POLL_SECONDS = 0.5
+# How often a stop looks whether the transactions in flight are answered (nothing signals the end of one).
+_DRAIN_POLL_SECONDS = 0.05
 
 
 def validate_runtime(cfg: Config) -> None:
@@ -88,63 +99,67 @@ def finish_unix_socket(path: Path, mode: int, group: str) -> None:
         os.chown(path, -1, grp.getgrnam(group).gr_gid)
 
 
-def set_nodelay_on_listener(port: int) -> int:
-    """Set TCP_NODELAY on our listening socket(s) bound to `port`; returns how many were found.
-
-    pymilter gives no handle on libmilter's socket, so find it among our own descriptors. Linux copies the option
-    to every accepted connection, which removes the Nagle half of the milter protocol's small-write stalls.
-    """
-    count = 0
-    for entry in os.scandir("/proc/self/fd"):
+def _own_sockets() -> Iterator[socket.socket]:
+    """Each socket this process holds, as a duplicate descriptor closed after the caller's turn (an option set or a
+    shutdown on it acts on the shared socket). pymilter gives no handle on libmilter's sockets: this finds them."""
+    for name in os.listdir("/proc/self/fd"):  # a list taken first: the duplicates made below are not in it
         try:
-            if not os.readlink(entry.path).startswith("socket:"):
+            if not os.readlink(f"/proc/self/fd/{name}").startswith("socket:"):
                 continue
-            fd = int(entry.name)
-            sock = socket.socket(fileno=os.dup(fd))
+            sock = socket.socket(fileno=os.dup(int(name)))
         except (OSError, ValueError):
             continue
         try:
+            yield sock
+        finally:
+            sock.close()
+
+
+def _listening(sock: socket.socket) -> bool:
+    return bool(sock.getsockopt(socket.SOL_SOCKET, socket.SO_ACCEPTCONN))
+
+
+def set_nodelay_on_listener(port: int) -> int:
+    """Set TCP_NODELAY on our listening socket(s) bound to `port`; returns how many were found.
+
+    Linux copies the option to every accepted connection, which removes the Nagle half of the milter protocol's
+    small-write stalls.
+    """
+    count = 0
+    for sock in _own_sockets():
+        try:
             if (sock.family in (socket.AF_INET, socket.AF_INET6) and sock.type == socket.SOCK_STREAM
-                    and sock.getsockopt(socket.SOL_SOCKET, socket.SO_ACCEPTCONN)
-                    and sock.getsockname()[1] == port):
+                    and _listening(sock) and sock.getsockname()[1] == port):
                 sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
                 count += 1
         except OSError:
             pass
-        finally:
-            sock.close()
     return count
 
 
-def stop_libmilter(spec: str) -> None:
-    """smfi_stop waits for a lock that libmilter's accept loop holds while it polls (5 s at a time); a connection
-    to our own socket ends that poll, so the stop takes milliseconds instead of seconds."""
-    stopper = threading.Thread(target=adapter.stop, name="smfi_stop", daemon=True)
-    stopper.start()
-    for _ in range(50):
-        wake_listener(spec)
-        stopper.join(0.1)
-        if not stopper.is_alive():
-            return
+def end_connections(spec: str) -> int:
+    """Shut the reading side of every milter connection libmilter accepted on `spec`; returns how many.
 
-
-def wake_listener(spec: str) -> None:
-    try:
-        if socket_kind(spec) == "unix":
-            probe = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-            address: object = str(unix_path(spec))
-        else:
-            family = socket.AF_INET6 if spec.startswith("inet6:") else socket.AF_INET
-            host = spec.split(":", 1)[1].partition("@")[2]
-            if host in ("", "0.0.0.0", "::", "*"):
-                host = "::1" if family == socket.AF_INET6 else "127.0.0.1"
-            probe = socket.socket(family, socket.SOCK_STREAM)
-            address = (host, inet_port(spec))
-        with probe:
-            probe.settimeout(1.0)
-            probe.connect(address)
-    except OSError:
-        pass  # not fatal: libmilter still stops at its next poll timeout
+    libmilter then reads end-of-file on each at its next read: after the answer it is computing, if any, has been
+    written. It closes the session through its ordinary path (abort and close callbacks), and the MTA sees the
+    milter gone for whatever it sends next, which it meets with its milter_default_action.
+    """
+    count = 0
+    for sock in _own_sockets():
+        try:
+            if sock.type != socket.SOCK_STREAM or _listening(sock):
+                continue
+            if socket_kind(spec) == "unix":
+                ours = sock.family == socket.AF_UNIX and sock.getsockname() == str(unix_path(spec))
+            else:
+                ours = (sock.family in (socket.AF_INET, socket.AF_INET6)
+                        and sock.getsockname()[1] == inet_port(spec))
+            if ours:
+                sock.shutdown(socket.SHUT_RD)
+                count += 1
+        except OSError:
+            pass
+    return count
 
 
 # ---------------------------------------------------------------- reload
@@ -211,15 +226,18 @@ def _shut_down(runtime: Runtime) -> None:
 # ---------------------------------------------------------------- main loop
 
 def run(config_path: str, cfg: Config) -> int:
-    """Serve until stopped. cfg is already loaded and validated (cli.py reports ConfigError with exit 78)."""
+    """Serve until stopped. cfg is already loaded and validated (cli.py reports ConfigError with exit 78).
+
+    Returns only when the milter could not start; once libmilter runs, the process ends in leave()."""
     logsetup.configure(cfg.log)
     pinned = cpu.pin(cfg.milter.cpu)  # before libmilter starts any thread: they inherit it
     ref = RuntimeRef(build_runtime(cfg))
+    sessions = Sessions()
     spec = cfg.milter.socket
     try:
         if socket_kind(spec) == "unix":
             prepare_unix_socket(unix_path(spec))
-        adapter.setup(MILTER_NAME, spec, cfg.milter.connection_timeout, ref)
+        adapter.setup(MILTER_NAME, spec, cfg.milter.connection_timeout, ref, sessions)
         adapter.open_socket()
         if socket_kind(spec) == "unix":
             finish_unix_socket(unix_path(spec), cfg.milter.socket_mode, cfg.milter.socket_group)
@@ -236,8 +254,8 @@ def run(config_path: str, cfg: Config) -> int:
 
     reloader = Reloader(config_path, ref)
     requests: list[str] = []
-    previous = {sig: signal.signal(sig, lambda signum, frame: requests.append(signal.Signals(signum).name))
-                for sig in (signal.SIGUSR1, signal.SIGHUP, signal.SIGTERM, signal.SIGINT)}
+    for sig in (signal.SIGUSR1, signal.SIGHUP, signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, lambda signum, frame: requests.append(signal.Signals(signum).name))
     failure: list[BaseException] = []
 
     def worker() -> None:
@@ -250,29 +268,102 @@ def run(config_path: str, cfg: Config) -> int:
     thread.start()
     log.info("authmilter listening on %s (authserv_id=%s, config %s, %s)", spec, ref.current.authserv_id,
              config_path, f"on CPU {pinned}" if pinned is not None else "on every CPU")
-    stopping = False
+    status = EX_OK
     try:
-        while thread.is_alive():
+        while thread.is_alive() and not sessions.stopping:
             thread.join(_POLL_SECONDS)
-            while requests:
-                name = requests.pop(0)
-                if name in ("SIGUSR1", "SIGHUP"):
-                    reloader.reload()
-                elif not stopping:
-                    log.info("%s received: stopping", name)
-                    stopping = True
-                    stop_libmilter(spec)
-    finally:
-        for sig, handler in previous.items():
-            signal.signal(sig, handler)
-        if socket_kind(spec) == "unix":
-            try:
-                unix_path(spec).unlink()
-            except OSError:
-                pass
-        _shut_down(ref.current)
-    if failure:
-        log.error("libmilter stopped with an error: %s", failure[0])
-        return EX_OSERR
-    log.info("authmilter stopped")
-    return EX_OK
+            handle_signals(requests, reloader, sessions, spec)
+        if sessions.stopping:
+            finish_sessions(sessions, ref, spec, lambda: handle_signals(requests, reloader, sessions, spec))
+        else:
+            # libmilter's loop ended by itself: it failed, or its own signal thread took a signal (one that came
+            # while the main thread was still busy with another). Either way libmilter is closing every session
+            # itself, without our close callbacks: nothing is left to wait for.
+            sessions.stop()
+            stop_taking_sessions(spec)
+            if not failure:
+                log.warning("libmilter stopped by itself (its signal thread took a stop signal); connections in "
+                            "flight were cut")
+            _close_quietly(ref.current.resolver)
+        close_all(ref.current.observers)
+        if failure:
+            log.error("libmilter stopped with an error: %s", failure[0])
+            status = EX_OSERR
+        else:
+            log.info("authmilter stopped")
+    except BaseException:
+        log.exception("internal error while running")
+        status = EX_SOFTWARE
+    leave(status)
+
+
+def handle_signals(requests: list[str], reloader: Reloader, sessions: Sessions, spec: str) -> None:
+    while requests:
+        name = requests.pop(0)
+        if name in ("SIGUSR1", "SIGHUP"):
+            reloader.reload()
+        elif not sessions.stopping:
+            log.info("%s received: stopping", name)
+            sessions.stop()
+            stop_taking_sessions(spec)
+
+
+def stop_taking_sessions(spec: str) -> None:
+    """With the socket's name gone, Postfix gets "no such file" at once and applies its milter_default_action;
+    a connection that still gets through (the listen backlog, any inet socket) is refused at negotiation
+    (AuthMilter.negotiate)."""
+    if socket_kind(spec) == "unix":
+        try:
+            unix_path(spec).unlink()
+        except OSError:
+            pass
+
+
+def finish_sessions(sessions: Sessions, ref: RuntimeRef, spec: str, between: Callable[[], None]) -> None:
+    """Let the transactions begun before the stop be answered, for up to [milter] stop_timeout; answer the rest
+    with error_action; end every connection and wait until libmilter has closed them all. `between` runs while
+    waiting (reloads still apply to the transactions in flight)."""
+    timeout = ref.current.cfg.milter.stop_timeout
+    deadline = time.monotonic() + timeout
+    waiting = sessions.in_flight()
+    if waiting:
+        log.info("waiting up to %gs for %d message(s) in flight", timeout, waiting)
+    while waiting and time.monotonic() < deadline:
+        time.sleep(_DRAIN_POLL_SECONDS)
+        between()
+        waiting = sessions.in_flight()
+    # From here every answer is error_action, and the resolver is closed so that a message still being judged
+    # fails its remaining lookups at once instead of waiting for them.
+    sessions.cut()
+    cfg = ref.current.cfg
+    if waiting:
+        log.warning("stop_timeout (%gs) ran out with %d message(s) in flight: answering them with error_action=%s",
+                    timeout, waiting, cfg.milter.error_action.value)
+    _close_quietly(ref.current.resolver)
+    end_connections(spec)
+    # A callback already under way can still be inside one DNS query that was sent before the resolver closed.
+    grace = cfg.dns.timeout + 1.0
+    if not sessions.wait_closed(grace):
+        log.warning("%d milter connection(s) still open %gs after the stop's end; leaving anyway",
+                    sessions.open_count(), grace)
+
+
+def leave(status: int) -> NoReturn:
+    """End the process without the interpreter's teardown, once the log is flushed.
+
+    pymilter gives each milter session a Python thread state of its own and deletes it itself, in C, after our close
+    callback has returned; libmilter's worker threads are detached and are never joined. Py_Finalize frees every
+    thread state but its own (CPython's _PyThreadState_DeleteExcept), so a session closing while Python shuts down
+    frees its thread state a second time: the "double free or corruption" / "free(): corrupted unsorted chunks"
+    aborts seen at stop under load. Nothing in Python can tell when pymilter is done with its last thread state,
+    and libmilter's own teardown (smfi_stop) is unsafe with its worker pool (sessions.py). finish_sessions() has
+    already waited for every session's close callback, the resolver and the observers are closed, and the log is
+    flushed here; nothing else of ours needs an exit handler. os._exit then ends every thread at once.
+    """
+    logging.shutdown()
+    for stream in (sys.stdout, sys.stderr):
+        try:
+            stream.flush()
+        except (OSError, ValueError):
+            pass
+    os._exit(status)
