@@ -62,9 +62,18 @@ def build_parser() -> argparse.ArgumentParser:
                        help="the MAIL FROM address ('' or '<>' for the null sender)")
     check.add_argument("--rcpt", action="append", default=[], metavar="ADDRESS",
                        help="a recipient (repeat for several)")
-    check.add_argument("--resolver", metavar="HOST[:PORT]",
-                       help="send every DNS query of this run to this server (IP, IP:port or [IPv6]:port)")
-    check.add_argument("--config", "-c", metavar="FILE", help="configuration file (default: built-in defaults)")
+    dns_source = check.add_mutually_exclusive_group()
+    dns_source.add_argument("--resolver", metavar="HOST[:PORT]",
+                            help="send every DNS query of this run to this server (IP, IP:port or [IPv6]:port)")
+    dns_source.add_argument("--zone", metavar="FILE",
+                            help="answer every DNS query from this zone file (master-file format, absolute "
+                                 "names) instead of a resolver: try records before publishing them")
+    config_source = check.add_mutually_exclusive_group()
+    config_source.add_argument("--config", "-c", metavar="FILE",
+                               help=f"configuration file (default: {DEFAULT_CONFIG_PATH} when it exists, with "
+                                    f"its conf.d/*.ini, else the built-in defaults)")
+    config_source.add_argument("--no-config", action="store_true",
+                               help="use the built-in defaults, even when a configuration file exists")
     check.add_argument("--authenticated", metavar="USER", help="treat the client as SASL-authenticated as USER")
     check.add_argument("message", nargs="?", metavar="MESSAGE-FILE|-",
                        help="the message (headers and body); '-' reads standard input; none: a message "
@@ -115,7 +124,8 @@ def cmd_check_config(path: str) -> int:
     from authmilter.daemon import validate_runtime
 
     validate_runtime(cfg)
-    print(f"{path}: OK")
+    for source in (cfg.source, *cfg.dropins):
+        print(f"{source}: OK")
     return EX_OK
 
 
@@ -129,14 +139,14 @@ def cmd_run(path: str) -> int:
 
 def cmd_check(args: argparse.Namespace) -> int:
     # judge.py, not the adapter: checking a file must not need libmilter.
-    from authmilter import judge, logsetup
+    from authmilter import checknotes, judge, logsetup
     from authmilter.context import Connection, Envelope, MessageContext
 
     try:
         client_ip = ipaddress.ip_address(args.ip)
     except ValueError:
         raise UsageError(f"--ip: not an IP address: {args.ip!r}") from None
-    cfg: Config = load_config(args.config) if args.config else Config()
+    cfg, config_note = checknotes.choose_config(args.config, args.no_config)
     if args.resolver:
         try:
             cfg = dataclasses.replace(cfg, dns=dataclasses.replace(
@@ -144,21 +154,37 @@ def cmd_check(args: argparse.Namespace) -> int:
         except ValueError as exc:
             raise UsageError(f"--resolver: {exc}") from None
     logsetup.configure(cfg.log)
+    zone = load_zone(args.zone, cfg) if args.zone else None
+    runtime = judge.build_runtime(cfg)
+    checknotes.tell(config_note, checknotes.authserv_id_note(cfg, runtime.authserv_id))
     mail_from = judge.strip_brackets(args.mail_from)
     message = read_message(args.message, mail_from, args.helo)
     ctx = MessageContext(Connection(client_ip, "", args.helo, args.authenticated or None),
                          Envelope(mail_from, tuple(judge.strip_brackets(r) for r in args.rcpt), "check"),
                          message)
-    runtime = judge.build_runtime(cfg)
+    if zone is not None:
+        runtime.resolver.close()
+    lookups = checknotes.RecordingResolver(zone or runtime.resolver)  # to tell when DNS looks unusable
+    runtime = dataclasses.replace(runtime, resolver=lookups)
     try:
         verdict_status = _judge_and_print(ctx, runtime)
     finally:
         runtime.resolver.close()
+    checknotes.tell(checknotes.dns_unusable_note(lookups.log, args.zone))
     return verdict_status
 
 
+def load_zone(path: str, cfg: Config):
+    from authmilter.zonefile import ZoneData, ZoneFileError, ZoneResolver
+
+    try:
+        return ZoneResolver(ZoneData.load(path), cfg.dns)
+    except ZoneFileError as exc:
+        raise UsageError(f"--zone: {exc}") from None
+
+
 def _judge_and_print(ctx, runtime) -> int:
-    from authmilter import judge, logline, policy
+    from authmilter import checknotes, judge, logline, policy
     from authmilter.results import Verdict
 
     started = time.monotonic()
@@ -176,6 +202,8 @@ def _judge_and_print(ctx, runtime) -> int:
         print(f"{judge.AR_NAME}:{judgement.ar_value}")
     if judgement.received_spf:
         print(f"{judge.RECEIVED_SPF_NAME}:{judgement.received_spf}")
+    if judgement.results.skipped:
+        print(checknotes.skipped_line(judgement.results.skipped, ctx.connection, runtime.cfg))
     print(f"action: {describe(judgement.verdict)}")
     return ACTION_STATUS[judgement.verdict.action]
 
@@ -193,6 +221,9 @@ def describe(verdict) -> str:
 
 # ---------------------------------------------------------------- reading a message file
 
+MBOX_PREFIX = b"From "
+MBOX_HEADER = b"X-Mailbox-Line"
+
 def read_message(source: str | None, mail_from: str, helo: str):
     from authmilter.context import Header, Message
 
@@ -209,6 +240,10 @@ def read_message(source: str | None, mail_from: str, helo: str):
                 raw = handle.read()
         except OSError as exc:
             raise UsageError(f"cannot read {source}: {exc.strerror or exc}") from None
+    if raw.startswith(MBOX_PREFIX):
+        from authmilter import checknotes
+
+        checknotes.tell(checknotes.mbox_line_note(raw.split(b"\n", 1)[0].rstrip(b"\r")))
     headers, body = parse_message(raw)
     return Message(tuple(Header(name, value) for name, value in headers), body)
 
@@ -216,14 +251,17 @@ def read_message(source: str | None, mail_from: str, helo: str):
 def parse_message(raw: bytes) -> tuple[list[tuple[bytes, bytes]], bytes]:
     """Split raw bytes into (name, value) headers as the milter receives them, and a CRLF body.
 
-    Values keep their leading space and CRLF+WSP folding, as with SMFIP_HDR_LEADSPC. An mbox "From " line is
-    skipped. A line that is neither a header nor a continuation ends the header, as Postfix treats it.
+    Values keep their leading space and CRLF+WSP folding, as with SMFIP_HDR_LEADSPC. A first line starting with
+    "From " becomes an X-Mailbox-Line header, as Postfix's cleanup makes it before the milter sees the message
+    (even "From : <a@example>", which would otherwise read as a From header). A line that is neither a header
+    nor a continuation ends the header, as Postfix treats it.
     """
     text = raw.replace(b"\r\n", b"\n").replace(b"\r", b"\n")
     lines = text.split(b"\n")
-    if lines and lines[0].startswith(b"From "):
-        lines = lines[1:]
     headers: list[tuple[bytes, bytes]] = []
+    if lines and lines[0].startswith(MBOX_PREFIX):
+        headers.append((MBOX_HEADER, b" " + lines[0]))
+        lines = lines[1:]
     index = 0
     while index < len(lines):
         line = lines[index]

@@ -19,7 +19,7 @@ import threading
 from pathlib import Path
 
 from authmilter import adapter, cpu, logsetup
-from authmilter.config import Config, load_config
+from authmilter.config import Config, authserv_id_warning, describe_sources, load_config
 from authmilter.errors import ConfigError
 from authmilter.judge import build_runtime
 
@@ -38,15 +38,18 @@ _POLL_SECONDS = 0.5
 def validate_runtime(cfg: Config) -> None:
     """Checks that need the machine, not just the file (a missing group is a config error at start-up)."""
     section = cfg.milter
+    problems = []
     if socket_kind(section.socket) == "unix" and section.socket_group:
         try:
             grp.getgrnam(section.socket_group)
         except KeyError:
-            raise ConfigError(f"{cfg.source}: [milter] socket_group: no such group {section.socket_group!r}") \
-                from None
+            problems.append(f"{cfg.origin('milter', 'socket_group')}: [milter] socket_group: no such group "
+                            f"{section.socket_group!r}")
     problem = cpu.check_cpu(section.cpu)
     if problem:
-        raise ConfigError(f"{cfg.source}: [milter] cpu: {problem}")
+        problems.append(f"{cfg.origin('milter', 'cpu')}: [milter] cpu: {problem}")
+    if problems:
+        raise ConfigError("\n".join(problems))
 
 
 def socket_kind(spec: str) -> str:
@@ -165,7 +168,8 @@ class Reloader:
             validate_runtime(cfg)
             runtime = build_runtime(cfg, old)
         except ConfigError as exc:
-            log.error("reload refused, keeping the running configuration: %s", exc)
+            for problem in str(exc).splitlines():  # one line per mistake, as check-config prints them
+                log.error("reload refused, keeping the running configuration: %s", problem)
             return False
         except Exception:
             log.exception("reload failed, keeping the running configuration")
@@ -184,8 +188,15 @@ class Reloader:
             timer = threading.Timer(grace, _close_quietly, (old.resolver,))
             timer.daemon = True
             timer.start()
-        log.info("reloaded configuration from %s (authserv_id=%s)", self.path, runtime.authserv_id)
+        log.info("reloaded configuration from %s (authserv_id=%s)", describe_sources(cfg), runtime.authserv_id)
+        _warn_about_authserv_id(runtime)
         return True
+
+
+def _warn_about_authserv_id(runtime) -> None:
+    warning = authserv_id_warning(runtime.cfg, runtime.authserv_id)
+    if warning:
+        log.warning("%s", warning)
 
 
 def _close_quietly(resolver) -> None:
@@ -202,6 +213,7 @@ def run(config_path: str, cfg: Config) -> int:
     logsetup.configure(cfg.log)
     pinned = cpu.pin(cfg.milter.cpu)  # before libmilter starts any thread: they inherit it
     ref = adapter.RuntimeRef(build_runtime(cfg))
+    _warn_about_authserv_id(ref.current)
     spec = cfg.milter.socket
     try:
         if socket_kind(spec) == "unix":
@@ -236,7 +248,7 @@ def run(config_path: str, cfg: Config) -> int:
     thread = threading.Thread(target=worker, name="libmilter", daemon=True)
     thread.start()
     log.info("authmilter listening on %s (authserv_id=%s, config %s, %s)", spec, ref.current.authserv_id,
-             config_path, f"on CPU {pinned}" if pinned is not None else "on every CPU")
+             describe_sources(cfg), f"on CPU {pinned}" if pinned is not None else "on every CPU")
     stopping = False
     try:
         while thread.is_alive():
