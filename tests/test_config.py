@@ -180,7 +180,7 @@ def test_systemd_unit_is_hardened_and_reloads_with_sigusr1():
         name, value = setting.split("=")
         assert unit[name] == [value], setting
     assert "AF_UNIX" in unit["RestrictAddressFamilies"][0]
-    # libmilter treats SIGHUP as stop: reload must be SIGUSR1.
+    # Both SIGUSR1 and SIGHUP reload; the unit sends SIGUSR1.
     assert unit["ExecReload"][-1] == "/bin/kill -USR1 $MAINPID"
 
 

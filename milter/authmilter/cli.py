@@ -15,7 +15,7 @@ import time
 from typing import Sequence
 
 from authmilter import __version__
-from authmilter.config import DEFAULT_CONFIG_PATH, Config, load_config, parse_nameserver
+from authmilter.config import DEFAULT_CONFIG_PATH, Config, MilterSection, load_config, parse_nameserver
 from authmilter.errors import ConfigError
 from authmilter.results import Action
 
@@ -24,6 +24,7 @@ log = logging.getLogger("authmilter")
 EX_OK = 0
 EX_USAGE = 64
 EX_SOFTWARE = 70
+EX_OSERR = 71      # daemon.EX_OSERR: the daemon cannot listen
 EX_CONFIG = 78
 ACTION_STATUS = {Action.ACCEPT: 0, Action.REJECT: 1, Action.TEMPFAIL: 2, Action.QUARANTINE: 3}
 
@@ -47,7 +48,8 @@ def build_parser() -> argparse.ArgumentParser:
     commands = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
     commands.required = True
 
-    run = commands.add_parser("run", help="run the milter in the foreground")
+    run = commands.add_parser("run", help="run the milter in the foreground", epilog=run_epilog(),
+                              formatter_class=argparse.RawDescriptionHelpFormatter)
     run.add_argument("--config", "-c", default=DEFAULT_CONFIG_PATH, metavar="FILE",
                      help=f"configuration file (default {DEFAULT_CONFIG_PATH})")
 
@@ -79,6 +81,32 @@ def build_parser() -> argparse.ArgumentParser:
                        help="the message (headers and body); '-' reads standard input; none: a message "
                             "whose only header is From: <MAIL FROM address>")
     return parser
+
+
+def run_epilog() -> str:
+    """What an administrator needs beside the options: where Postfix finds us, signals, exit statuses."""
+    default_socket = MilterSection().socket
+    return f"""\
+socket:
+  [milter] socket in the configuration file; default {default_socket}
+  (Debian's chrooted Postfix: smtpd_milters = unix:authmilter/authmilter.sock). A missing socket
+  directory is created with mode 0750 and [milter] socket_group, as systemd/authmilter.tmpfiles does.
+
+configuration:
+  FILE, then FILE's directory's conf.d/*.ini in name order (a later file overrides a key).
+
+signals:
+  SIGHUP, SIGUSR1  reload the configuration: new transactions use it, a bad file is logged and the
+                   running configuration kept (systemctl reload authmilter sends SIGUSR1)
+  SIGTERM, SIGINT  stop cleanly
+
+exit status:
+  {EX_OK}   stopped by SIGTERM or SIGINT
+  {EX_USAGE}  usage error
+  {EX_SOFTWARE}  internal error (logged with a traceback)
+  {EX_OSERR}  cannot listen on the socket (in use, no permission), or libmilter failed
+  {EX_CONFIG}  bad configuration: FILE: [section] key: reason, one line per mistake
+"""
 
 
 def main(argv: Sequence[str] | None = None) -> int:

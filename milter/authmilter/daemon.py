@@ -2,7 +2,7 @@
 
 Python runs signal handlers only on the main thread, and libmilter's own signal thread treats SIGHUP and SIGTERM
 as "stop". So libmilter's loop (`adapter.serve`) runs in a worker thread, and the main thread waits for it while
-handling SIGUSR1 (reload) and SIGTERM/SIGINT (clean stop through smfi_stop). Linux delivers a signal sent to the
+handling SIGUSR1 and SIGHUP (reload) and SIGTERM/SIGINT (clean stop through smfi_stop). Linux delivers a signal sent to the
 process to its main thread when that thread does not block it, so these reach Python, not libmilter.
 """
 
@@ -30,6 +30,8 @@ EX_OK = 0
 EX_SOFTWARE = 70
 EX_OSERR = 71
 EX_CONFIG = 78
+
+SOCKET_DIRECTORY_MODE = 0o750  # as systemd/authmilter.tmpfiles creates it
 
 # How often the main thread wakes to notice the worker ending; signals interrupt the wait anyway.
 _POLL_SECONDS = 0.5
@@ -66,9 +68,18 @@ def inet_port(spec: str) -> int:
 
 # ---------------------------------------------------------------- sockets
 
-def prepare_unix_socket(path: Path) -> None:
-    """Create the directory if missing and remove a stale socket; refuse to steal a live one."""
-    path.parent.mkdir(parents=True, exist_ok=True)
+def prepare_unix_socket(path: Path, group: str = "") -> None:
+    """Create the directory if missing and remove a stale socket; refuse to steal a live one.
+
+    A directory we create gets what systemd/authmilter.tmpfiles gives the packaged one: mode 0750 and the
+    socket's group, so Postfix may enter it and no one else may (`make run`, or a host without systemd). An
+    existing directory is the administrator's and is left as it is."""
+    directory = path.parent
+    if not directory.is_dir():
+        directory.mkdir(parents=True, exist_ok=True)
+        os.chmod(directory, SOCKET_DIRECTORY_MODE)  # mkdir's mode is cut by the umask
+        if group:
+            os.chown(directory, -1, grp.getgrnam(group).gr_gid)
     try:
         mode = path.lstat().st_mode
     except FileNotFoundError:
@@ -217,7 +228,7 @@ def run(config_path: str, cfg: Config) -> int:
     spec = cfg.milter.socket
     try:
         if socket_kind(spec) == "unix":
-            prepare_unix_socket(unix_path(spec))
+            prepare_unix_socket(unix_path(spec), cfg.milter.socket_group)
         adapter.setup(MILTER_NAME, spec, cfg.milter.connection_timeout, ref)
         adapter.open_socket()
         if socket_kind(spec) == "unix":
