@@ -183,13 +183,14 @@ def cmd_check(args: argparse.Namespace) -> int:
             raise UsageError(f"--resolver: {exc}") from None
     logsetup.configure(cfg.log)
     zone = load_zone(args.zone, cfg) if args.zone else None
-    runtime = judge.build_runtime(cfg)
-    checknotes.tell(config_note, checknotes.authserv_id_note(cfg, runtime.authserv_id))
+    checknotes.tell(config_note)
     mail_from = judge.strip_brackets(args.mail_from)
     message = read_message(args.message, mail_from, args.helo)
     ctx = MessageContext(Connection(client_ip, "", args.helo, args.authenticated or None),
                          Envelope(mail_from, tuple(judge.strip_brackets(r) for r in args.rcpt), "check"),
                          message)
+    runtime = judge.build_runtime(cfg)
+    checknotes.tell(checknotes.authserv_id_note(cfg, runtime.authserv_id))
     if zone is not None:
         runtime.resolver.close()
     lookups = checknotes.RecordingResolver(zone or runtime.resolver)  # to tell when DNS looks unusable
