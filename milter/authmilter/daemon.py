@@ -2,8 +2,8 @@
 
 Python runs signal handlers only on the main thread, and libmilter's own signal thread treats SIGHUP and SIGTERM
 as "stop". So libmilter's loop (`adapter.serve`) runs in a worker thread, and the main thread waits for it while
-handling SIGUSR1 and SIGHUP (reload) and SIGTERM/SIGINT (clean stop through smfi_stop). Linux delivers a signal sent to the
-process to its main thread when that thread does not block it, so these reach Python, not libmilter.
+handling SIGUSR1 and SIGHUP (reload) and SIGTERM/SIGINT (clean stop through smfi_stop). Linux delivers a signal
+sent to the process to its main thread when that thread does not block it, so these reach Python, not libmilter.
 """
 
 from __future__ import annotations
