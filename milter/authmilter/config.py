@@ -2,7 +2,11 @@
 
 Each section is a frozen dataclass below; each field is one key, with its default and a one-line doc in the field
 metadata. The parser is generic over the field types, so adding a key is adding a field (and documenting it in
-config/authmilter.ini, which a test checks). Any problem is a ConfigError "FILE: [section] key: reason".
+config/authmilter.ini, which a test checks). Any problem is a ConfigError "FILE: [section] key: reason"; a file
+with several mistakes gives one such line each, all at once (inifile.py reads the grammar without stopping).
+
+The main file is followed by its drop-ins, conf.d/*.ini beside it in name order; a later file overrides a key
+of an earlier one, and Config.origin() says which file set a key, for errors found after parsing.
 """
 
 from __future__ import annotations
