@@ -220,7 +220,7 @@ def test_internal_error_exit_70_with_logged_traceback(dns, config):
         """)
     done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120, env=ENV)
     assert done.returncode == 70
-    assert done.stderr.startswith("ERROR internal error\nTraceback")
+    assert done.stderr.startswith(f"authmilter check: configuration: {config}\nERROR internal error\nTraceback")
     assert "RuntimeError: injected fault" in done.stderr
     assert done.stdout == ""
 

@@ -15,9 +15,9 @@ import time
 from typing import Sequence
 
 from authmilter import __version__
-from authmilter.config import DEFAULT_CONFIG_PATH, Config, load_config, parse_nameserver
+from authmilter.config import DEFAULT_CONFIG_PATH, Config, MilterSection, load_config, parse_nameserver
 from authmilter.errors import AuthmilterError, ConfigError
-from authmilter.exitcodes import EX_CONFIG, EX_OK, EX_SOFTWARE, EX_USAGE
+from authmilter.exitcodes import EX_CONFIG, EX_OK, EX_OSERR, EX_SOFTWARE, EX_USAGE
 from authmilter.results import Action
 
 log = logging.getLogger("authmilter")
@@ -44,7 +44,8 @@ def build_parser() -> argparse.ArgumentParser:
     commands = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
     commands.required = True
 
-    run = commands.add_parser("run", help="run the milter in the foreground")
+    run = commands.add_parser("run", help="run the milter in the foreground", epilog=run_epilog(),
+                              formatter_class=argparse.RawDescriptionHelpFormatter)
     run.add_argument("--config", "-c", default=DEFAULT_CONFIG_PATH, metavar="FILE",
                      help=f"configuration file (default {DEFAULT_CONFIG_PATH})")
 
@@ -59,14 +60,49 @@ def build_parser() -> argparse.ArgumentParser:
                        help="the MAIL FROM address ('' or '<>' for the null sender)")
     check.add_argument("--rcpt", action="append", default=[], metavar="ADDRESS",
                        help="a recipient (repeat for several)")
-    check.add_argument("--resolver", metavar="HOST[:PORT]",
-                       help="send every DNS query of this run to this server (IP, IP:port or [IPv6]:port)")
-    check.add_argument("--config", "-c", metavar="FILE", help="configuration file (default: built-in defaults)")
+    dns_source = check.add_mutually_exclusive_group()
+    dns_source.add_argument("--resolver", metavar="HOST[:PORT]",
+                            help="send every DNS query of this run to this server (IP, IP:port or [IPv6]:port)")
+    dns_source.add_argument("--zone", metavar="FILE",
+                            help="answer every DNS query from this zone file (master-file format, absolute "
+                                 "names) instead of a resolver: try records before publishing them")
+    config_source = check.add_mutually_exclusive_group()
+    config_source.add_argument("--config", "-c", metavar="FILE",
+                               help=f"configuration file (default: {DEFAULT_CONFIG_PATH} when it exists, with "
+                                    f"its conf.d/*.ini, else the built-in defaults)")
+    config_source.add_argument("--no-config", action="store_true",
+                               help="use the built-in defaults, even when a configuration file exists")
     check.add_argument("--authenticated", metavar="USER", help="treat the client as SASL-authenticated as USER")
     check.add_argument("message", nargs="?", metavar="MESSAGE-FILE|-",
                        help="the message (headers and body); '-' reads standard input; none: a message "
                             "whose only header is From: <MAIL FROM address>")
     return parser
+
+
+def run_epilog() -> str:
+    """What an administrator needs beside the options: where Postfix finds us, signals, exit statuses."""
+    default_socket = MilterSection().socket
+    return f"""\
+socket:
+  [milter] socket in the configuration file; default {default_socket}
+  (Debian's chrooted Postfix: smtpd_milters = unix:authmilter/authmilter.sock). A missing socket
+  directory is created with mode 0750 and [milter] socket_group, as systemd/authmilter.tmpfiles does.
+
+configuration:
+  FILE, then FILE's directory's conf.d/*.ini in name order (a later file overrides a key).
+
+signals:
+  SIGHUP, SIGUSR1  reload the configuration: new transactions use it, a bad file is logged and the
+                   running configuration kept (systemctl reload authmilter sends SIGUSR1)
+  SIGTERM, SIGINT  stop cleanly
+
+exit status:
+  {EX_OK}   stopped by SIGTERM or SIGINT
+  {EX_USAGE}  usage error
+  {EX_SOFTWARE}  internal error (logged with a traceback)
+  {EX_OSERR}  cannot listen on the socket (in use, no permission), or libmilter failed
+  {EX_CONFIG}  bad configuration: FILE: [section] key: reason, one line per mistake
+"""
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -112,7 +148,8 @@ def cmd_check_config(path: str) -> int:
     from authmilter.daemon import validate_runtime
 
     validate_runtime(cfg)
-    print(f"{path}: OK")
+    for source in (cfg.source, *cfg.dropins):
+        print(f"{source}: OK")
     return EX_OK
 
 
@@ -126,7 +163,7 @@ def cmd_run(path: str) -> int:
 
 def cmd_check(args: argparse.Namespace) -> int:
     # judge.py, not the adapter: checking a file must not need libmilter.
-    from authmilter import logsetup
+    from authmilter import checknotes, logsetup
     from authmilter.context import Connection, Envelope, MessageContext, bare_address
     from authmilter.runtime import build_runtime
 
@@ -134,7 +171,7 @@ def cmd_check(args: argparse.Namespace) -> int:
         client_ip = ipaddress.ip_address(args.ip)
     except ValueError:
         raise UsageError(f"--ip: not an IP address: {args.ip!r}") from None
-    cfg: Config = load_config(args.config) if args.config else Config()
+    cfg, config_note = checknotes.choose_config(args.config, args.no_config)
     if args.resolver:
         try:
             cfg = dataclasses.replace(cfg, dns=dataclasses.replace(
@@ -142,12 +179,19 @@ def cmd_check(args: argparse.Namespace) -> int:
         except ValueError as exc:
             raise UsageError(f"--resolver: {exc}") from None
     logsetup.configure(cfg.log)
+    zone = load_zone(args.zone, cfg) if args.zone else None
+    checknotes.tell(config_note)
     mail_from = bare_address(args.mail_from)
     message = read_message(args.message, mail_from, args.helo)
     ctx = MessageContext(Connection(client_ip, "", args.helo, args.authenticated or None),
                          Envelope(mail_from, tuple(bare_address(r) for r in args.rcpt), "check"),
                          message)
     runtime = build_runtime(cfg)
+    checknotes.tell(checknotes.authserv_id_note(cfg, runtime.authserv_id))
+    if zone is not None:
+        runtime.resolver.close()
+    lookups = checknotes.RecordingResolver(zone or runtime.resolver)  # to tell when DNS looks unusable
+    runtime = dataclasses.replace(runtime, resolver=lookups)
     try:
         verdict_status = _judge_and_print(ctx, runtime)
     finally:
@@ -155,10 +199,21 @@ def cmd_check(args: argparse.Namespace) -> int:
 
         close_all(runtime.observers)
         runtime.resolver.close()
+    checknotes.tell(checknotes.dns_unusable_note(lookups.log, args.zone))
     return verdict_status
 
 
+def load_zone(path: str, cfg: Config):
+    from authmilter.zonefile import ZoneData, ZoneFileError, ZoneResolver
+
+    try:
+        return ZoneResolver(ZoneData.load(path), cfg.dns)
+    except ZoneFileError as exc:
+        raise UsageError(f"--zone: {exc}") from None
+
+
 def _judge_and_print(ctx, runtime) -> int:
+    from authmilter import checknotes
     from authmilter.judge import judge_message, judge_recipient
 
     started = time.monotonic()
@@ -171,6 +226,8 @@ def _judge_and_print(ctx, runtime) -> int:
     judgement = judge_message(ctx, runtime, now=time.time(), started=started)
     for name, value in judgement.headers:
         print(f"{name}:{value}")
+    if judgement.results.skipped:
+        print(checknotes.skipped_line(judgement.results.skipped, ctx.connection, runtime.cfg))
     print(f"action: {describe(judgement.verdict)}")
     return ACTION_STATUS[judgement.verdict.action]
 
@@ -188,6 +245,9 @@ def describe(verdict) -> str:
 
 # ---------------------------------------------------------------- reading a message file
 
+MBOX_PREFIX = b"From "
+MBOX_HEADER = b"X-Mailbox-Line"
+
 def read_message(source: str | None, mail_from: str, helo: str):
     from authmilter.context import Header, Message
 
@@ -204,6 +264,10 @@ def read_message(source: str | None, mail_from: str, helo: str):
                 raw = handle.read()
         except OSError as exc:
             raise UsageError(f"cannot read {source}: {exc.strerror or exc}") from None
+    if raw.startswith(MBOX_PREFIX):
+        from authmilter import checknotes
+
+        checknotes.tell(checknotes.mbox_line_note(raw.split(b"\n", 1)[0].rstrip(b"\r")))
     headers, body = parse_message(raw)
     return Message(tuple(Header(name, value) for name, value in headers), body)
 
@@ -211,14 +275,17 @@ def read_message(source: str | None, mail_from: str, helo: str):
 def parse_message(raw: bytes) -> tuple[list[tuple[bytes, bytes]], bytes]:
     """Split raw bytes into (name, value) headers as the milter receives them, and a CRLF body.
 
-    Values keep their leading space and CRLF+WSP folding, as with SMFIP_HDR_LEADSPC. An mbox "From " line is
-    skipped. A line that is neither a header nor a continuation ends the header, as Postfix treats it.
+    Values keep their leading space and CRLF+WSP folding, as with SMFIP_HDR_LEADSPC. A first line starting with
+    "From " becomes an X-Mailbox-Line header, as Postfix's cleanup makes it before the milter sees the message
+    (even "From : <a@example>", which would otherwise read as a From header). A line that is neither a header
+    nor a continuation ends the header, as Postfix treats it.
     """
     text = raw.replace(b"\r\n", b"\n").replace(b"\r", b"\n")
     lines = text.split(b"\n")
-    if lines and lines[0].startswith(b"From "):
-        lines = lines[1:]
     headers: list[tuple[bytes, bytes]] = []
+    if lines and lines[0].startswith(MBOX_PREFIX):
+        headers.append((MBOX_HEADER, b" " + lines[0]))
+        lines = lines[1:]
     index = 0
     while index < len(lines):
         line = lines[index]

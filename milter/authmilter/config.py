@@ -2,13 +2,15 @@
 
 Each section is a frozen dataclass below; each field is one key, with its default and a one-line doc in the field
 metadata. The parser is generic over the field types, so adding a key is adding a field (and documenting it in
-config/authmilter.ini, which a test checks). Any problem is a ConfigError "FILE: [section] key: reason".
+config/authmilter.ini, which a test checks). Any problem is a ConfigError "FILE: [section] key: reason"; a file
+with several mistakes gives one such line each, all at once (inifile.py reads the grammar without stopping).
+
+The main file is followed by its drop-ins, conf.d/*.ini beside it in name order; a later file overrides a key
+of an earlier one, and Config.origin() says which file set a key, for errors found after parsing.
 """
 
 from __future__ import annotations
 
-import ast
-import configparser
 import dataclasses
 import ipaddress
 import re
@@ -17,13 +19,17 @@ import typing
 from dataclasses import dataclass, field
 from enum import StrEnum
 from pathlib import Path
-from typing import Any, Callable
+from types import MappingProxyType
+from typing import Any, Callable, Mapping
 
 from authmilter.cpu import parse_cpu
 from authmilter.errors import ConfigError
+from authmilter.inifile import Entry, IniFile, inline_comment, read_ini
 from authmilter.results import Action
 
 DEFAULT_CONFIG_PATH = "/etc/authmilter/authmilter.ini"
+DROPIN_DIRECTORY = "conf.d"
+DEFAULTS_SOURCE = "<defaults>"   # Config.source when no file was read
 
 IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
 
@@ -148,6 +154,33 @@ def parse_authserv_id(text: str) -> str:
     return value
 
 
+def unqualified_host_name(name: str) -> bool:
+    """localhost, a name under .localhost (RFC 6761 §6.3) or localhost.localdomain, or a name without a dot: what
+    an unconfigured machine calls itself. As an authserv-id it names no one: other hosts use it too, so our
+    header could not be told from theirs (RFC 8601 §2.5: the authserv-id identifies the ADMD)."""
+    lowered = name.lower().rstrip(".")
+    return ("." not in lowered or lowered == "localhost.localdomain" or lowered.endswith(".localhost"))
+
+
+def parse_own_authserv_id(text: str) -> str:
+    """[milter] authserv_id: a host name, and a fully qualified one when written (empty: the machine's FQDN)."""
+    value = parse_authserv_id(text)
+    if value and unqualified_host_name(value):
+        raise ValueError(f"{value!r} is not a fully qualified host name: write the name other mail systems know "
+                         f"this host by, e.g. mx.example.org (RFC 8601 §2.5)")
+    return value
+
+
+def authserv_id_warning(cfg: "Config", authserv_id: str) -> str | None:
+    """Why an authserv-id taken from the host name will not do, or None. Start-up and `check` warn with it."""
+    if cfg.milter.authserv_id or not unqualified_host_name(authserv_id):
+        return None
+    where = f"in {cfg.source}" if cfg.source != DEFAULTS_SOURCE else "in the configuration file"
+    return (f"authserv_id {authserv_id!r} comes from this machine's host name, which is not a fully qualified "
+            f"domain name; set [milter] authserv_id {where} to this host's name as other mail systems know it "
+            f"(e.g. authserv_id = mx.example.org)")
+
+
 def parse_authserv_ids(text: str) -> tuple[str, ...]:
     return tuple(parse_authserv_id(item) for item in split_list(text))
 
@@ -181,7 +214,7 @@ class MilterSection:
     socket_mode: int = key(0o660, "permissions of a unix socket", parse=parse_octal_mode)
     socket_group: str = key("postfix", "group owning a unix socket (empty: leave as created)")
     authserv_id: str = key("", "our authserv-id in Authentication-Results (empty: this machine's FQDN)",
-                           parse=parse_authserv_id)
+                           parse=parse_own_authserv_id)
     remove_authserv_ids: tuple[str, ...] = key((), "other authserv-ids (e.g. the rest of an MX fleet) whose "
                                                    "incoming A-R headers are removed as forged",
                                                parse=parse_authserv_ids)
@@ -324,14 +357,23 @@ class Config:
     srs: SrsSection = field(default_factory=SrsSection)
     forwarders: ForwardersSection = field(default_factory=ForwardersSection)
     sender: SenderSection = field(default_factory=SenderSection)
-    source: str = "<defaults>"
+    source: str = DEFAULTS_SOURCE
+    # Where the values came from; not part of what a config means, so two configs with the same values are equal.
+    dropins: tuple[str, ...] = field(default=(), compare=False)   # conf.d files read after `source`, in order
+    origins: Mapping[str, str] = field(default_factory=lambda: MappingProxyType({}), compare=False)
 
     @property
     def authserv_id(self) -> str:
         return self.milter.authserv_id or socket.getfqdn()
 
+    def origin(self, section: str, key: str) -> str:
+        """The file that set [section] key (the main file when none did): the FILE of an error about it."""
+        return self.origins.get(f"{section}.{key}", self.source)
 
-SECTIONS: dict[str, type] = {name: hint for name, hint in typing.get_type_hints(Config).items() if name != "source"}
+
+_NOT_SECTIONS = ("source", "dropins", "origins")
+SECTIONS: dict[str, type] = {name: hint for name, hint in typing.get_type_hints(Config).items()
+                             if name not in _NOT_SECTIONS}
 
 
 # ---------------------------------------------------------------- parsing
@@ -379,59 +421,104 @@ def _parse_value(section_cls: type, fld: dataclasses.Field, text: str) -> Any:
 
 
 def parse_config_text(text: str, source: str) -> Config:
-    parser = configparser.ConfigParser(interpolation=None, default_section="\x00no-default-section")
-    parser.optionxform = str  # keys are case-sensitive, so a typo in case is reported, not silently accepted
+    """One file's text -> Config; every mistake in it is reported at once (one "FILE: ..." line each)."""
+    return _build_config(source, [read_ini(text, source)], [])
+
+
+def _build_config(source: str, files: list[IniFile], problems: list[str]) -> Config:
+    """Files in reading order, the later overriding the earlier key by key. Every value written in any file is
+    checked, overridden or not: a mistake is reported where it was made, each file's in line order."""
+    merged: dict[str, dict[str, Any]] = {}
+    origins: dict[str, str] = {}
+    for ini in files:
+        found = list(ini.problems)
+        unknown = set()
+        for section_name, line in ini.sections:
+            if section_name not in SECTIONS and section_name not in unknown:
+                unknown.add(section_name)
+                found.append((line, f"{ini.source}: [{section_name}]: unknown section "
+                                    f"(known: {', '.join(SECTIONS)})"))
+        for entry in ini.entries:
+            if entry.section not in SECTIONS:
+                continue  # reported once, at its header
+            problem, value = _check_entry(entry)
+            if problem:
+                found.append((entry.line, f"{ini.source}: [{entry.section}] {entry.key}: {problem}"))
+                continue
+            merged.setdefault(entry.section, {})[entry.key] = value
+            origins[f"{entry.section}.{entry.key}"] = ini.source
+        problems.extend(message for _line, message in sorted(found, key=lambda item: item[0]))
+    if problems:
+        raise ConfigError("\n".join(problems))
+    sections = {name: SECTIONS[name](**values) for name, values in merged.items()}
+    return Config(**sections, source=source, dropins=tuple(ini.source for ini in files[1:]),
+                  origins=MappingProxyType(origins))
+
+
+def _check_entry(entry: Entry) -> tuple[str, Any]:
+    """(problem, None) or ("", the parsed value)."""
+    section_cls = SECTIONS[entry.section]
+    fields = {f.name: f for f in dataclasses.fields(section_cls)}
+    if entry.key not in fields:
+        return f"unknown key (known: {', '.join(fields)})", None
+    comment = inline_comment(entry.value)
+    if comment is not None:
+        return (f"{comment!r} looks like a comment after the value; comments go on a line of their own "
+                f"(starting with # or ;), otherwise they are part of the value"), None
     try:
-        parser.read_string(text, source=source)
-    except configparser.Error as exc:
-        raise ConfigError(_syntax_error(source, exc)) from None
-    sections: dict[str, Any] = {}
-    for section_name in parser.sections():
-        if section_name not in SECTIONS:
-            raise ConfigError(f"{source}: [{section_name}]: unknown section "
-                              f"(known: {', '.join(SECTIONS)})")
-        section_cls = SECTIONS[section_name]
-        fields = {f.name: f for f in dataclasses.fields(section_cls)}
-        values = {}
-        for key_name, raw in parser.items(section_name):
-            if key_name not in fields:
-                raise ConfigError(f"{source}: [{section_name}] {key_name}: unknown key "
-                                  f"(known: {', '.join(fields)})")
-            try:
-                values[key_name] = _parse_value(section_cls, fields[key_name], raw)
-            except ValueError as exc:
-                raise ConfigError(f"{source}: [{section_name}] {key_name}: {exc}") from None
-        sections[section_name] = section_cls(**values)
-    return Config(**sections, source=source)
+        return "", _parse_value(section_cls, fields[entry.key], entry.value)
+    except ValueError as exc:
+        return str(exc), None
 
 
-def _syntax_error(source: str, exc: configparser.Error) -> str:
-    """configparser's messages repeat the file name and span lines; ours follow "FILE: [section] key: reason"."""
-    if isinstance(exc, configparser.DuplicateOptionError):
-        return f"{source}: [{exc.section}] {exc.option}: duplicate key (line {exc.lineno})"
-    if isinstance(exc, configparser.DuplicateSectionError):
-        return f"{source}: [{exc.section}]: duplicate section (line {exc.lineno})"
-    if isinstance(exc, configparser.MissingSectionHeaderError):
-        return f"{source}: line {exc.lineno}: expected a [section] header, got {exc.line.strip()!r}"
-    if isinstance(exc, configparser.ParsingError):
-        lineno, line = exc.errors[0]
-        if line[:1] in ("'", '"'):  # configparser stores the repr of the offending line
-            line = ast.literal_eval(line)
-        return f"{source}: line {lineno}: cannot parse {line.strip()!r} (expected key = value)"
-    return f"{source}: {' '.join(str(exc).split())}"
+def dropin_directory(path: str | Path) -> Path:
+    """conf.d beside the main file: its *.ini files are read after the main file, in name order."""
+    return Path(path).parent / DROPIN_DIRECTORY
 
 
-def load_config(path: str | Path | None) -> Config:
-    """Read and validate a config file; None means built-in defaults."""
-    if path is None:
-        return Config()
-    path = Path(path)
+def dropin_files(path: str | Path) -> list[Path]:
+    """The drop-in files of a main config file, in reading order (OSError if the directory cannot be listed).
+    Hidden files are skipped: editors and package managers leave their copies under such names."""
+    directory = dropin_directory(path)
+    if not directory.is_dir():
+        return []
+    return sorted((entry for entry in directory.iterdir()
+                   if entry.suffix == ".ini" and not entry.name.startswith(".")), key=lambda p: p.name)
+
+
+def _read_text(path: Path) -> str:
     try:
-        text = path.read_text(encoding="utf-8")
+        return path.read_text(encoding="utf-8")
     except (OSError, UnicodeDecodeError) as exc:
         reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
         raise ConfigError(f"{path}: cannot read: {reason}") from None
-    return parse_config_text(text, str(path))
+
+
+def load_config(path: str | Path | None) -> Config:
+    """Read and validate a config file and its conf.d/*.ini drop-ins; None means built-in defaults."""
+    if path is None:
+        return Config()
+    path = Path(path)
+    files = [read_ini(_read_text(path), str(path))]
+    problems: list[str] = []
+    try:
+        dropins = dropin_files(path)
+    except OSError as exc:
+        problems.append(f"{dropin_directory(path)}: cannot read: {exc.strerror or exc}")
+        dropins = []
+    for dropin in dropins:
+        try:
+            files.append(read_ini(_read_text(dropin), str(dropin)))
+        except ConfigError as exc:
+            problems.append(str(exc))
+    return _build_config(str(path), files, problems)
+
+
+def describe_sources(cfg: Config) -> str:
+    """The files a config was read from, for log lines and `authmilter check`."""
+    if not cfg.dropins:
+        return cfg.source
+    return f"{cfg.source} + {', '.join(cfg.dropins)}"
 
 
 def documented_keys() -> dict[str, dict[str, str]]:

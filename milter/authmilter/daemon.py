@@ -2,7 +2,7 @@
 
 Python runs signal handlers only on the main thread, and libmilter's own signal thread treats SIGHUP and SIGTERM
 as "stop". So libmilter's loop (`adapter.serve`) runs in a worker thread, and the main thread waits for it while
-handling SIGUSR1 (reload) and SIGTERM/SIGINT (stop). Linux delivers a signal sent to the process to its main thread
+handling SIGUSR1 and SIGHUP (reload) and SIGTERM/SIGINT (stop). Linux delivers a signal sent to the process to its main thread
 when that thread does not block it, so these reach Python, not libmilter.
 
 A stop never goes through libmilter's own stop (see sessions.py for why): the daemon refuses new sessions, lets the
@@ -27,7 +27,7 @@ from pathlib import Path
 from typing import NoReturn
 
 from authmilter import adapter, cpu, logsetup
-from authmilter.config import Config, load_config
+from authmilter.config import Config, authserv_id_warning, describe_sources, load_config
 from authmilter.errors import ConfigError
 from authmilter.exitcodes import EX_OK, EX_OSERR, EX_SOFTWARE
 from authmilter.observers import close_all
@@ -38,6 +38,8 @@ log = logging.getLogger("authmilter")
 
 MILTER_NAME = "authmilter"
 
+SOCKET_DIRECTORY_MODE = 0o750  # as systemd/authmilter.tmpfiles creates it
+
 # How often the main thread wakes to notice the worker ending; signals interrupt the wait anyway.
 _POLL_SECONDS = 0.5
 # How often a stop looks whether the transactions in flight are answered (nothing signals the end of one).
@@ -47,15 +49,18 @@ _DRAIN_POLL_SECONDS = 0.05
 def validate_runtime(cfg: Config) -> None:
     """Checks that need the machine, not just the file (a missing group is a config error at start-up)."""
     section = cfg.milter
+    problems = []
     if socket_kind(section.socket) == "unix" and section.socket_group:
         try:
             grp.getgrnam(section.socket_group)
         except KeyError:
-            raise ConfigError(f"{cfg.source}: [milter] socket_group: no such group {section.socket_group!r}") \
-                from None
+            problems.append(f"{cfg.origin('milter', 'socket_group')}: [milter] socket_group: no such group "
+                            f"{section.socket_group!r}")
     problem = cpu.check_cpu(section.cpu)
     if problem:
-        raise ConfigError(f"{cfg.source}: [milter] cpu: {problem}")
+        problems.append(f"{cfg.origin('milter', 'cpu')}: [milter] cpu: {problem}")
+    if problems:
+        raise ConfigError("\n".join(problems))
 
 
 def socket_kind(spec: str) -> str:
@@ -72,9 +77,18 @@ def inet_port(spec: str) -> int:
 
 # ---------------------------------------------------------------- sockets
 
-def prepare_unix_socket(path: Path) -> None:
-    """Create the directory if missing and remove a stale socket; refuse to steal a live one."""
-    path.parent.mkdir(parents=True, exist_ok=True)
+def prepare_unix_socket(path: Path, group: str = "") -> None:
+    """Create the directory if missing and remove a stale socket; refuse to steal a live one.
+
+    A directory we create gets what systemd/authmilter.tmpfiles gives the packaged one: mode 0750 and the
+    socket's group, so Postfix may enter it and no one else may (`make run`, or a host without systemd). An
+    existing directory is the administrator's and is left as it is."""
+    directory = path.parent
+    if not directory.is_dir():
+        directory.mkdir(parents=True, exist_ok=True)
+        os.chmod(directory, SOCKET_DIRECTORY_MODE)  # mkdir's mode is cut by the umask
+        if group:
+            os.chown(directory, -1, grp.getgrnam(group).gr_gid)
     try:
         mode = path.lstat().st_mode
     except FileNotFoundError:
@@ -178,7 +192,8 @@ class Reloader:
             validate_runtime(cfg)
             runtime = build_runtime(cfg, old)
         except ConfigError as exc:
-            log.error("reload refused, keeping the running configuration: %s", exc)
+            for problem in str(exc).splitlines():  # one line per mistake, as check-config prints them
+                log.error("reload refused, keeping the running configuration: %s", problem)
             return False
         except Exception:
             log.exception("reload failed, keeping the running configuration")
@@ -200,8 +215,15 @@ class Reloader:
             timer = threading.Timer(grace, _retire, (resolver, retired))
             timer.daemon = True
             timer.start()
-        log.info("reloaded configuration from %s (authserv_id=%s)", self.path, runtime.authserv_id)
+        log.info("reloaded configuration from %s (authserv_id=%s)", describe_sources(cfg), runtime.authserv_id)
+        _warn_about_authserv_id(runtime)
         return True
+
+
+def _warn_about_authserv_id(runtime) -> None:
+    warning = authserv_id_warning(runtime.cfg, runtime.authserv_id)
+    if warning:
+        log.warning("%s", warning)
 
 
 def _close_quietly(resolver) -> None:
@@ -232,11 +254,12 @@ def run(config_path: str, cfg: Config) -> int:
     logsetup.configure(cfg.log)
     pinned = cpu.pin(cfg.milter.cpu)  # before libmilter starts any thread: they inherit it
     ref = RuntimeRef(build_runtime(cfg))
+    _warn_about_authserv_id(ref.current)
     sessions = Sessions()
     spec = cfg.milter.socket
     try:
         if socket_kind(spec) == "unix":
-            prepare_unix_socket(unix_path(spec))
+            prepare_unix_socket(unix_path(spec), cfg.milter.socket_group)
         adapter.setup(MILTER_NAME, spec, cfg.milter.connection_timeout, ref, sessions)
         adapter.open_socket()
         if socket_kind(spec) == "unix":
@@ -267,7 +290,7 @@ def run(config_path: str, cfg: Config) -> int:
     thread = threading.Thread(target=worker, name="libmilter", daemon=True)
     thread.start()
     log.info("authmilter listening on %s (authserv_id=%s, config %s, %s)", spec, ref.current.authserv_id,
-             config_path, f"on CPU {pinned}" if pinned is not None else "on every CPU")
+             describe_sources(cfg), f"on CPU {pinned}" if pinned is not None else "on every CPU")
     status = EX_OK
     try:
         while thread.is_alive() and not sessions.stopping:
