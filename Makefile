@@ -12,7 +12,7 @@ DEBIAN_PACKAGES += debhelper dpkg-dev lintian groff-base
 STAMP_DEB := $(VENV)/.debian-packages
 STAMP_PY := $(VENV)/.installed
 
-.PHONY: all deps run test test-unit test-e2e check-config bench clean deb man
+.PHONY: all deps run test test-unit test-e2e test-package check-config bench clean deb man
 
 all: test
 
@@ -47,7 +47,11 @@ test: deps
 	$(PY) -m pytest -q -p no:cacheprovider tests
 
 test-unit: deps
-	$(PY) -m pytest -q -p no:cacheprovider -m 'not e2e' tests
+	$(PY) -m pytest -q -p no:cacheprovider -m 'not e2e and not package' tests
+
+# Builds the sdist, the wheel and the .deb, installs and purges the .deb (root): about a minute with pip's cache warm.
+test-package: deps
+	$(PY) -m pytest -q -p no:cacheprovider -m package tests
 
 test-e2e: deps
 	$(PY) -m pytest -q -p no:cacheprovider -m e2e tests
@@ -65,11 +69,13 @@ bench: deps
 	$(PY) -m bench $(BENCH_ARGS)
 
 # The Debian package, left in this checkout (README, "Debian package"). debian/rules builds the virtual environment it
-# ships from PyPI at the versions of debian/venv-requirements.txt; pip's cache stays inside the checkout.
+# ships from PyPI at the versions of debian/venv-requirements.txt; pip's cache stays inside the checkout (the
+# packaging tests build in a copy and point PIP_CACHE at the original checkout's).
+PIP_CACHE ?= $(CURDIR)/.cache/pip
 deb: $(STAMP_DEB)
 	debian/rules clean
 	rm -f authmilter_*.deb
-	DEB_RULES_REQUIRES_ROOT=no PIP_CACHE_DIR=$(CURDIR)/.cache/pip debian/rules binary
+	DEB_RULES_REQUIRES_ROOT=no PIP_CACHE_DIR=$(PIP_CACHE) debian/rules binary
 	@ls -1 authmilter_*.deb
 
 # man/authmilter.ini.5 from its template, the sample config and the parser's keys (a test checks it is current).
