@@ -26,6 +26,7 @@ from authmilter.config import Config
 from authmilter.context import Connection, Envelope, Header, Message, MessageContext
 # The decision lives in judge.py, shared with `authmilter check`.
 from authmilter.judge import AR_NAME, RECEIVED_SPF_NAME, Judgement, Runtime, RuntimeRef, judge, strip_brackets
+from authmilter.observers import Judged, notify
 from authmilter.results import Action, Verdict
 
 log = logging.getLogger("authmilter")
@@ -84,8 +85,11 @@ class AuthMilter(Milter.Base):
     """One object per SMTP connection (Milter.factory makes one per libmilter connection)."""
 
     def __init__(self, ref: RuntimeRef, *, clock: Callable[[], float] = time.monotonic,
-                 wallclock: Callable[[], float] = time.time) -> None:
+                 wallclock: Callable[[], float] = time.time, events=None) -> None:
         self._ref = ref
+        self._events = events  # metrics.MetricsObserver (connections, errors by stage) or None
+        if events is not None:  # made at negotiation, before any connect; libmilter calls close() once for each
+            events.connection_opened()
         self._clock = clock
         self._wallclock = wallclock
         self._client_ip: ipaddress.IPv4Address | ipaddress.IPv6Address | None = None
@@ -175,6 +179,8 @@ class AuthMilter(Milter.Base):
 
     def close(self):
         self._tx = None
+        if self._events is not None:
+            self._events.connection_closed()
         return Milter.CONTINUE
 
     # -- fact recording
@@ -261,6 +267,8 @@ class AuthMilter(Milter.Base):
         judgement = judge(ctx, dns, runtime.cfg, runtime.authserv_id, now=self._wallclock())
         elapsed_ms = (self._clock() - started) * 1000.0
         log.info("%s", logline.format_line(ctx, judgement.results, judgement.verdict, elapsed_ms))
+        notify(runtime.observers, Judged(ctx, judgement.results, judgement.verdict, elapsed_ms),
+               runtime.observer_failures)
         return self._apply(judgement, tx)
 
     def _apply(self, judgement: Judgement, tx: _Transaction) -> int:
@@ -331,6 +339,8 @@ class AuthMilter(Milter.Base):
             except Exception:
                 queue_id = ""
         log.exception("queue_id=%s internal error in %s stage", queue_id or "-", stage)
+        if self._events is not None:
+            self._events.milter_error(stage)
 
     # -- helpers
 
@@ -358,9 +368,9 @@ def _log_undecodable_input(exc_type, exc, traceback) -> None:
                   exc_info=(exc_type, exc, traceback))
 
 
-def setup(name: str, socket_spec: str, timeout: int, ref: RuntimeRef) -> None:
+def setup(name: str, socket_spec: str, timeout: int, ref: RuntimeRef, events=None) -> None:
     """Register our callbacks with libmilter (pymilter's runmilter, split so the daemon can act between the steps)."""
-    Milter.factory = functools.partial(AuthMilter, ref)
+    Milter.factory = functools.partial(AuthMilter, ref, events=events)
     Milter.set_flags(ACTIONS)
     # pymilter's C layer decodes a header NAME and the HELO argument as strict UTF-8 before any of our code runs;
     # on failure it answers with its exception policy. TEMPFAIL (its default) at a no-reply stage leaves the MTA

@@ -18,10 +18,11 @@ import stat
 import threading
 from pathlib import Path
 
-from authmilter import adapter, cpu, logsetup
+from authmilter import adapter, cpu, logsetup, metrics
 from authmilter.config import Config, load_config
 from authmilter.errors import ConfigError
-from authmilter.judge import build_runtime
+from authmilter.metricsserver import MetricsServer
+from authmilter.runtime import build_runtime
 
 log = logging.getLogger("authmilter")
 
@@ -176,6 +177,9 @@ class Reloader:
         if cfg.milter.cpu != old.cfg.milter.cpu:
             log.warning("reload: [milter] cpu changed to %s; this takes a restart (still %s)",
                         cfg.milter.cpu, old.cfg.milter.cpu)
+        if cfg.metrics.listen != old.cfg.metrics.listen:
+            log.warning("reload: [metrics] listen changed to %s; this takes a restart (still %s)",
+                        cfg.metrics.listen or "(off)", old.cfg.metrics.listen or "(off)")
         logsetup.configure(cfg.log)
         self.ref.current = runtime  # new transactions see it from their MAIL FROM on
         if runtime.resolver is not old.resolver:
@@ -202,11 +206,21 @@ def run(config_path: str, cfg: Config) -> int:
     logsetup.configure(cfg.log)
     pinned = cpu.pin(cfg.milter.cpu)  # before libmilter starts any thread: they inherit it
     ref = adapter.RuntimeRef(build_runtime(cfg))
+    counted = metrics.find(ref.current.observers)
+    metrics_server = None
+    if counted is not None:
+        counted.watch_observer_failures(lambda: ref.current.observer_failures.counts)
+        try:  # binds now, so a busy port stops the start-up as a busy milter socket does
+            metrics_server = MetricsServer(cfg.metrics.listen, counted.registry)
+        except OSError as exc:
+            log.error("cannot listen on [metrics] listen %s: %s", cfg.metrics.listen, exc.strerror or exc)
+            _close_quietly(ref.current.resolver)
+            return EX_OSERR
     spec = cfg.milter.socket
     try:
         if socket_kind(spec) == "unix":
             prepare_unix_socket(unix_path(spec))
-        adapter.setup(MILTER_NAME, spec, cfg.milter.connection_timeout, ref)
+        adapter.setup(MILTER_NAME, spec, cfg.milter.connection_timeout, ref, events=counted)
         adapter.open_socket()
         if socket_kind(spec) == "unix":
             finish_unix_socket(unix_path(spec), cfg.milter.socket_mode, cfg.milter.socket_group)
@@ -219,6 +233,8 @@ def run(config_path: str, cfg: Config) -> int:
     except (OSError, adapter.SocketError) as exc:
         log.error("cannot listen on %s: %s", spec, exc)
         _close_quietly(ref.current.resolver)
+        if metrics_server is not None:
+            metrics_server.stop()
         return EX_OSERR
 
     reloader = Reloader(config_path, ref)
@@ -235,6 +251,10 @@ def run(config_path: str, cfg: Config) -> int:
 
     thread = threading.Thread(target=worker, name="libmilter", daemon=True)
     thread.start()
+    if metrics_server is not None:
+        # Started after cpu.pin(), this thread stays on the milter's CPU: metricsserver.py says why.
+        metrics_server.start()
+        log.info("metrics served at http://%s/metrics", cfg.metrics.listen)
     log.info("authmilter listening on %s (authserv_id=%s, config %s, %s)", spec, ref.current.authserv_id,
              config_path, f"on CPU {pinned}" if pinned is not None else "on every CPU")
     stopping = False
@@ -244,7 +264,9 @@ def run(config_path: str, cfg: Config) -> int:
             while requests:
                 name = requests.pop(0)
                 if name in ("SIGUSR1", "SIGHUP"):
-                    reloader.reload()
+                    reloaded = reloader.reload()
+                    if counted is not None:
+                        counted.reloaded(reloaded)
                 elif not stopping:
                     log.info("%s received: stopping", name)
                     stopping = True
@@ -252,6 +274,8 @@ def run(config_path: str, cfg: Config) -> int:
     finally:
         for sig, handler in previous.items():
             signal.signal(sig, handler)
+        if metrics_server is not None:
+            metrics_server.stop()
         if socket_kind(spec) == "unix":
             try:
                 unix_path(spec).unlink()

@@ -34,19 +34,22 @@ class RuntimeRef:
 def build_observers(cfg: Config, previous: Runtime | None = None) -> tuple[Observer, ...]:
     """Every observer, in the order they are told: the log line first. An observer that owns a thread or a
     store is kept across a reload when its own section did not change (`previous`)."""
-    from authmilter.logline import LogLineObserver
+    from authmilter import metrics
 
-    return (LogLineObserver(),)
+    counted = metrics.observer_for(cfg, previous.observers if previous is not None else None)
+    return (counted,) if counted is not None else ()
 
 
 def build_runtime(cfg: Config, previous: Runtime | None = None) -> Runtime:
+    from authmilter import metrics
     from authmilter.resolver import Resolver  # the DNS layer is only needed once we serve or check
 
     # getfqdn() may ask DNS: resolve the authserv-id once per config, not once per message.
     authserv_id = cfg.authserv_id
+    observers = build_observers(cfg, previous)
     if previous is not None and previous.cfg.dns == cfg.dns:
         resolver = previous.resolver  # keep the warm cache when DNS settings did not change
     else:
-        resolver = Resolver(cfg.dns)
+        resolver = Resolver(cfg.dns, on_query=metrics.dns_hook(observers))
     failures = previous.observer_failures if previous is not None else None
-    return Runtime(cfg, authserv_id, resolver, build_observers(cfg, previous), failures or ObserverFailures())
+    return Runtime(cfg, authserv_id, resolver, observers, failures or ObserverFailures())
