@@ -191,6 +191,8 @@ class MetricsObserver:
         self._method_words = _Words(16, ("iprev", "spf", "spf_helo", "dkim", "dmarc"))
         self._stage_words = _Words(16, MILTER_STAGES)
         self._outcome_words = _Words(16)
+        self._dns_by_key: dict[tuple[str, object, bool], object] = {}
+        self._results_by_key: dict[tuple[str, Status], object] = {}
 
     # ------------------------------------------------------------ Observer
 
@@ -206,8 +208,13 @@ class MetricsObserver:
             self._overrides(reason, self._reason_words(replaced)).inc()
         self._eom_seconds.observe(judged.elapsed_ms / 1000.0)
         results = judged.results
-        for method, result in method_results(results):
-            self._results(self._method_words(method), self._result_words(result)).inc()
+        for key in method_results(results):
+            child = self._results_by_key.get(key)
+            if child is None:
+                child = self._results(self._method_words(key[0]), self._result_words(key[1]))
+                if isinstance(key[1], Status):  # only our own words may add keys
+                    self._results_by_key[key] = child
+            child.inc()
         if results.dns_deadline_expired:
             self._deadline_expired.inc()
 
@@ -217,12 +224,23 @@ class MetricsObserver:
     # ------------------------------------------------------------ DNS layer (resolver.QueryHook)
 
     def dns_query(self, rdtype: str, outcome: Outcome, seconds: float | None) -> None:
-        kind = rdtype if rdtype in RECORD_TYPES else OTHER
+        # Ten of these per message: one dict lookup finds the children to move (the first time, _dns_children).
+        children = self._dns_by_key.get((rdtype, outcome, seconds is None))
+        if children is None:
+            children = self._dns_children(rdtype, outcome, seconds is None)
         if seconds is None:
-            self._dns_cache_hits(kind).inc()
-            return
-        self._dns_queries(kind, self._outcome_words(outcome)).inc()
-        self._dns_seconds(kind).observe(seconds)
+            children.inc()
+        else:
+            children[0].inc()
+            children[1].observe(seconds)
+
+    def _dns_children(self, rdtype: str, outcome: Outcome, cached: bool):
+        kind = rdtype if rdtype in RECORD_TYPES else OTHER
+        children = (self._dns_cache_hits(kind) if cached else
+                    (self._dns_queries(kind, self._outcome_words(outcome)), self._dns_seconds(kind)))
+        if kind != OTHER:  # the key holds rdtype as given: only our own record types may add keys
+            self._dns_by_key[(rdtype, outcome, cached)] = children
+        return children
 
     # ------------------------------------------------------------ milter shell (adapter events)
 
