@@ -213,8 +213,14 @@ def test_reloads_are_counted_by_outcome_and_monitor_mode_shows_what_it_let_throu
         daemon.config_path.write_text("[spf]\nfail_action = maybe\n")
         daemon.signal(signal.SIGUSR1)
         daemon.wait_for_log("reload refused")
+        # A new listen address takes a restart: the reload says so, and the metrics stay where they were.
+        daemon.write_config(authserv_id=AUTHSERV_ID, extra={"metrics": {"listen": "127.0.0.1:1"},
+                                                             "policy": {"enforce": "no"}})
+        daemon.reload()
+        assert (f"reload: [metrics] listen changed to 127.0.0.1:1; this takes a restart (still {listen})"
+                in daemon.log_text())
         samples = scrape(listen)
-        assert value(samples, "authmilter_config_reloads_total", outcome="success") == 1
+        assert value(samples, "authmilter_config_reloads_total", outcome="success") == 2
         assert value(samples, "authmilter_config_reloads_total", outcome="failure") == 1
         # Counters survive a reload: the same registry goes on.
         assert value(samples, "authmilter_messages_total", action="accept", reason="monitor") == 1
