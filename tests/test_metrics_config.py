@@ -1,4 +1,4 @@
-"""[metrics] listen as an operator writes it: good forms accepted, bad ones refused with exit 78 and one precise line."""
+"""[metrics] listen as an operator writes it: good forms accepted, bad ones refused with exit 78 and a precise line."""
 
 from __future__ import annotations
 

@@ -311,9 +311,10 @@ class _ScrapeTime:
 # ---------------------------------------------------------------- wiring helpers (runtime.py, daemon.py)
 
 def observer_for(cfg: Config, previous: Sequence | None) -> MetricsObserver | None:
-    """The metrics observer for a new Runtime (`previous`: the observers of the one it replaces). A reload keeps the running one (its counters and its HTTP server
-    go on; changing [metrics] listen takes a restart, which the daemon says); none is made at a reload when the
-    daemon started without metrics, as nothing would serve it."""
+    """The metrics observer for a new Runtime (`previous`: the observers of the one it replaces, None at start-up).
+    A reload keeps the running one: its counters and its HTTP server go on, and changing [metrics] listen takes a
+    restart, which the daemon says. None is made at a reload when the daemon started without metrics, as nothing
+    would serve it."""
     if previous is not None:
         return find(previous)
     return MetricsObserver() if cfg.metrics.listen else None
