@@ -49,8 +49,8 @@ def main(argv: list[str]) -> int:
     parser.add_argument("--dedicated-cpu", action="store_true",
                         help="through Postfix: the milters on the last CPU, Postfix and the SMTP clients on the others")
     parser.add_argument("--only", action="append", default=[], metavar="MILTER",
-                        help="measure only this contender (authmilter, 'authmilter cpu=all', null-pymilter, "
-                             "opendkim+opendmarc, dkimpy-milter)")
+                        help="measure only this contender (authmilter, 'authmilter cpu=all', authmilter+metrics, "
+                             "null-pymilter, opendkim+opendmarc, dkimpy-milter)")
     args = parser.parse_args(argv)
     if os.geteuid() != 0:
         print("make bench needs root (network namespace, OpenDKIM, Postfix)", file=sys.stderr)
@@ -75,6 +75,8 @@ def main(argv: list[str]) -> int:
         # "cpu=all" shows what [milter] cpu = auto (one CPU for all threads, the default) is for.
         contenders = [("authmilter", lambda wd: milters.start_authmilter(wd, "127.0.0.1:53")),
                       ("authmilter cpu=all", lambda wd: milters.start_authmilter(wd, "127.0.0.1:53", cpu="all")),
+                      # [metrics] listen on, beside the default: what the counters cost per message.
+                      ("authmilter+metrics", lambda wd: milters.start_authmilter(wd, "127.0.0.1:53", metrics=True)),
                       ("null-pymilter", milters.start_nullmilter)]
         if milters.opendkim_available():
             contenders.append(("opendkim+opendmarc", milters.start_opendkim_opendmarc))
@@ -98,18 +100,27 @@ def main(argv: list[str]) -> int:
                     workdir.mkdir()
                     running = start(workdir)
                     try:
+                        sent = 0
                         for cache, passes in (("cold", 1), ("warm", warm_passes)):
                             result = direct.run_case(running, messages, concurrency=concurrency, passes=passes,
                                                      cache=cache, serial_base=serial)
                             serial += result.messages
+                            sent += result.messages
                             print(result.row(), flush=True)
                             report["direct"].append(direct.as_dict(result) | {"round": round_number})
+                        if running.metrics_url:  # after the measured cases: the scrape's CPU is not counted
+                            counted = milters.messages_counted(running.metrics_url)
+                            if counted != sent:
+                                print(f"  {label}: /metrics counted {counted} messages of {sent} sent")
                     finally:
                         running.stop()
         if report["direct"]:
             report["direct_summary"] = direct.summarize(report["direct"])
             print()
             print(direct.summary_table(report["direct_summary"]))
+            overhead = direct.compare(report["direct_summary"], "authmilter", "authmilter+metrics")
+            if overhead:
+                print(overhead)
         if not args.no_memory:
             from bench import memory
             report["memory"] = memory.run(lambda wd: milters.start_authmilter(wd, "127.0.0.1:53"), Path(tmp),

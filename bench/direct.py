@@ -117,4 +117,16 @@ def summary_table(summary: list[dict]) -> str:
     return "\n".join(lines)
 
 
-__all__ = ["run_case", "CaseResult", "HEADER", "as_dict", "summarize", "summary_table"]
+def compare(summary: list[dict], base: str, variant: str) -> str:
+    """One line per concurrency: the variant's median CPU per message against the base's, both from this run."""
+    medians = {(s["milter"], s["concurrency"]): s["cpu_ms_per_msg_median"] for s in summary}
+    lines = []
+    for concurrency in sorted({c for _, c in medians}):
+        if (base, concurrency) in medians and (variant, concurrency) in medians:
+            off, on = medians[(base, concurrency)], medians[(variant, concurrency)]
+            lines.append(f"{variant} vs {base}, c={concurrency}: {on:.2f} vs {off:.2f} ms CPU per message "
+                         f"({on - off:+.2f} ms, {(on - off) / off:+.1%})")
+    return "\n".join(lines)
+
+
+__all__ = ["run_case", "CaseResult", "HEADER", "as_dict", "summarize", "summary_table", "compare"]

@@ -20,6 +20,7 @@ class RunningMilter:
     name: str
     sockets: list[str]                 # client addresses, in the order a message visits them (a chain)
     processes: list[subprocess.Popen] = field(default_factory=list)
+    metrics_url: str = ""              # authmilter with [metrics] listen: where its /metrics is served
 
     @property
     def pids(self) -> list[int]:
@@ -54,8 +55,10 @@ def _spawn(argv: list[str], log: Path, **kwargs) -> subprocess.Popen:
                             **kwargs)
 
 
-def authmilter_config(workdir: Path, socket_spec: str, nameserver: str, *, cpu: str = "auto") -> Path:
+def authmilter_config(workdir: Path, socket_spec: str, nameserver: str, *, cpu: str = "auto",
+                      metrics_listen: str = "") -> Path:
     config = workdir / "authmilter.ini"
+    metrics = f"\n[metrics]\nlisten = {metrics_listen}\n" if metrics_listen else ""
     config.write_text(f"""[milter]
 socket = {socket_spec}
 socket_mode = 0666
@@ -72,15 +75,16 @@ networks =
 
 [log]
 level = info
-""")
+{metrics}""")
     return config
 
 
 def start_authmilter(workdir: Path, nameserver: str, *, inet_port: int | None = None,
-                     cpu: str = "auto") -> RunningMilter:
+                     cpu: str = "auto", metrics: bool = False) -> RunningMilter:
     sock = workdir / "authmilter.sock"
     spec = f"inet:{inet_port}@127.0.0.1" if inet_port else f"unix:{sock}"
-    config = authmilter_config(workdir, spec, nameserver, cpu=cpu)
+    listen = f"127.0.0.1:{free_port()}" if metrics else ""
+    config = authmilter_config(workdir, spec, nameserver, cpu=cpu, metrics_listen=listen)
     log = workdir / "authmilter.log"
     # `timeout` must not stand between us and the milter's PID: we measure the milter's own counters.
     process = subprocess.Popen([sys.executable, "-m", "authmilter", "run", "--config", str(config)],
@@ -89,7 +93,26 @@ def start_authmilter(workdir: Path, nameserver: str, *, inet_port: int | None = 
         wait_for_port(inet_port, process, log)
         return RunningMilter("authmilter-inet", [f"127.0.0.1:{inet_port}"], [process])
     _wait_for_socket(sock, process, log)
-    return RunningMilter("authmilter" if cpu == "auto" else f"authmilter cpu={cpu}", [str(sock)], [process])
+    name = "authmilter" if cpu == "auto" else f"authmilter cpu={cpu}"
+    if metrics:
+        return RunningMilter(f"{name}+metrics", [str(sock)], [process], f"http://{listen}/metrics")
+    return RunningMilter(name, [str(sock)], [process])
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+def messages_counted(metrics_url: str) -> int:
+    """The sum of authmilter_messages_total over its labels, as a scrape shows it."""
+    from urllib.request import urlopen
+
+    with urlopen(metrics_url, timeout=10) as reply:
+        text = reply.read().decode()
+    return int(sum(float(line.rsplit(" ", 1)[1]) for line in text.splitlines()
+                   if line.startswith("authmilter_messages_total{")))
 
 
 def wait_for_port(port: int, process: subprocess.Popen | None = None, log: Path | None = None,

@@ -88,9 +88,12 @@ class AuthMilter(Milter.Base):
     """One object per SMTP connection (Milter.factory makes one per libmilter connection)."""
 
     def __init__(self, ref: RuntimeRef, sessions: Sessions, *, clock: Callable[[], float] = time.monotonic,
-                 wallclock: Callable[[], float] = time.time) -> None:
+                 wallclock: Callable[[], float] = time.time, events=None) -> None:
         self._ref = ref
         self._sessions = sessions
+        self._events = events  # metrics.MetricsObserver (connections, errors by stage) or None
+        if events is not None:  # made at negotiation, before any connect; libmilter calls close() once for each
+            events.connection_opened()
         self._clock = clock
         self._wallclock = wallclock
         self._client_ip: ipaddress.IPv4Address | ipaddress.IPv6Address | None = None
@@ -192,6 +195,8 @@ class AuthMilter(Milter.Base):
     def close(self):
         self._tx = None
         self._sessions.closed(self)
+        if self._events is not None:
+            self._events.connection_closed()
         return Milter.CONTINUE
 
     def in_flight(self) -> bool:
@@ -361,6 +366,8 @@ class AuthMilter(Milter.Base):
             except Exception:
                 queue_id = ""
         log.exception("queue_id=%s internal error in %s stage", queue_id or "-", stage)
+        if self._events is not None:
+            self._events.milter_error(stage)
 
     # -- helpers
 
@@ -388,9 +395,9 @@ def _log_undecodable_input(exc_type, exc, traceback) -> None:
                   exc_info=(exc_type, exc, traceback))
 
 
-def setup(name: str, socket_spec: str, timeout: int, ref: RuntimeRef, sessions: Sessions) -> None:
+def setup(name: str, socket_spec: str, timeout: int, ref: RuntimeRef, sessions: Sessions, events=None) -> None:
     """Register our callbacks with libmilter (pymilter's runmilter, split so the daemon can act between the steps)."""
-    Milter.factory = functools.partial(AuthMilter, ref, sessions)
+    Milter.factory = functools.partial(AuthMilter, ref, sessions, events=events)
     Milter.set_flags(ACTIONS)
     # pymilter's C layer decodes a header NAME and the HELO argument as strict UTF-8 before any of our code runs;
     # on failure it answers with its exception policy. TEMPFAIL (its default) at a no-reply stage leaves the MTA

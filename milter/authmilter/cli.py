@@ -186,7 +186,7 @@ def cmd_check(args: argparse.Namespace) -> int:
     ctx = MessageContext(Connection(client_ip, "", args.helo, args.authenticated or None),
                          Envelope(mail_from, tuple(bare_address(r) for r in args.rcpt), "check"),
                          message)
-    runtime = build_runtime(cfg)
+    runtime = build_runtime(cfg, serving=False)
     checknotes.tell(checknotes.authserv_id_note(cfg, runtime.authserv_id))
     if zone is not None:
         runtime.resolver.close()

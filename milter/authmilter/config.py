@@ -343,6 +343,35 @@ class SenderSection:
                                     choices=("accept", "reject", "tempfail"))
 
 
+def parse_listen(text: str) -> str:
+    """IP:PORT or [IPv6]:PORT, normalized ("" = off). Names are refused: binding one would need DNS at start-up,
+    and a name with several addresses leaves unclear where the metrics are served."""
+    text = text.strip()
+    if not text:
+        return ""
+    if text.startswith("["):
+        host, close, port = text[1:].partition("]")
+        if not close or not port.startswith(":"):
+            raise ValueError(f"expected IP:PORT or [IPv6]:PORT, got {text!r}")
+        port = port[1:]
+    else:
+        host, colon, port = text.rpartition(":")
+        if not colon or ":" in host:
+            raise ValueError(f"expected IP:PORT or [IPv6]:PORT (an IPv6 address goes in brackets), got {text!r}")
+    try:
+        address = ipaddress.ip_address(host)
+    except ValueError:
+        raise ValueError(f"not an IP address: {host!r} (names are not allowed)") from None
+    number = _parse_port(port, text)
+    return f"[{address}]:{number}" if address.version == 6 else f"{address}:{number}"
+
+
+@dataclass(frozen=True, slots=True)
+class MetricsSection:
+    listen: str = key("", "IP:PORT (or [IPv6]:PORT) where Prometheus metrics are served over HTTP at /metrics "
+                          "(empty: off); anyone who can reach it can read them", parse=parse_listen)
+
+
 @dataclass(frozen=True, slots=True)
 class Config:
     milter: MilterSection = field(default_factory=MilterSection)
@@ -357,6 +386,7 @@ class Config:
     srs: SrsSection = field(default_factory=SrsSection)
     forwarders: ForwardersSection = field(default_factory=ForwardersSection)
     sender: SenderSection = field(default_factory=SenderSection)
+    metrics: MetricsSection = field(default_factory=MetricsSection)
     source: str = DEFAULTS_SOURCE
     # Where the values came from; not part of what a config means, so two configs with the same values are equal.
     dropins: tuple[str, ...] = field(default=(), compare=False)   # conf.d files read after `source`, in order

@@ -26,10 +26,11 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import NoReturn
 
-from authmilter import adapter, cpu, logsetup
+from authmilter import adapter, cpu, logsetup, metrics
 from authmilter.config import Config, authserv_id_warning, describe_sources, load_config
 from authmilter.errors import ConfigError
 from authmilter.exitcodes import EX_OK, EX_OSERR, EX_SOFTWARE
+from authmilter.metricsserver import MetricsServer
 from authmilter.observers import close_all
 from authmilter.runtime import Runtime, RuntimeRef, build_runtime
 from authmilter.sessions import Sessions
@@ -181,11 +182,18 @@ def end_connections(spec: str) -> int:
 class Reloader:
     """Re-reads the config file; a bad new file is logged and the running config kept."""
 
-    def __init__(self, path: str, ref: RuntimeRef) -> None:
+    def __init__(self, path: str, ref: RuntimeRef, on_reload: Callable[[bool], None] | None = None) -> None:
         self.path = path
         self.ref = ref
+        self.on_reload = on_reload  # told each outcome (the metrics' reload counter)
 
     def reload(self) -> bool:
+        done = self._reload()
+        if self.on_reload is not None:
+            self.on_reload(done)
+        return done
+
+    def _reload(self) -> bool:
         old = self.ref.current
         try:
             cfg = load_config(self.path)
@@ -204,6 +212,9 @@ class Reloader:
         if cfg.milter.cpu != old.cfg.milter.cpu:
             log.warning("reload: [milter] cpu changed to %s; this takes a restart (still %s)",
                         cfg.milter.cpu, old.cfg.milter.cpu)
+        if cfg.metrics.listen != old.cfg.metrics.listen:
+            log.warning("reload: [metrics] listen changed to %s; this takes a restart (still %s)",
+                        cfg.metrics.listen or "(off)", old.cfg.metrics.listen or "(off)")
         logsetup.configure(cfg.log)
         self.ref.current = runtime  # new transactions see it from their MAIL FROM on
         retired = [observer for observer in old.observers if observer not in runtime.observers]
@@ -256,11 +267,21 @@ def run(config_path: str, cfg: Config) -> int:
     ref = RuntimeRef(build_runtime(cfg))
     _warn_about_authserv_id(ref.current)
     sessions = Sessions()
+    counted = metrics.find(ref.current.observers)
+    metrics_server = None
+    if counted is not None:
+        counted.watch_observer_failures(lambda: ref.current.observer_failures.counts)
+        try:  # binds now, so a busy port stops the start-up as a busy milter socket does
+            metrics_server = MetricsServer(cfg.metrics.listen, counted.registry)
+        except OSError as exc:
+            log.error("cannot listen on [metrics] listen %s: %s", cfg.metrics.listen, exc.strerror or exc)
+            _shut_down(ref.current)
+            return EX_OSERR
     spec = cfg.milter.socket
     try:
         if socket_kind(spec) == "unix":
             prepare_unix_socket(unix_path(spec), cfg.milter.socket_group)
-        adapter.setup(MILTER_NAME, spec, cfg.milter.connection_timeout, ref, sessions)
+        adapter.setup(MILTER_NAME, spec, cfg.milter.connection_timeout, ref, sessions, events=counted)
         adapter.open_socket()
         if socket_kind(spec) == "unix":
             finish_unix_socket(unix_path(spec), cfg.milter.socket_mode, cfg.milter.socket_group)
@@ -273,9 +294,11 @@ def run(config_path: str, cfg: Config) -> int:
     except (OSError, adapter.SocketError) as exc:
         log.error("cannot listen on %s: %s", spec, exc)
         _shut_down(ref.current)
+        if metrics_server is not None:
+            metrics_server.stop()
         return EX_OSERR
 
-    reloader = Reloader(config_path, ref)
+    reloader = Reloader(config_path, ref, on_reload=counted.reloaded if counted is not None else None)
     requests: list[str] = []
     for sig in (signal.SIGUSR1, signal.SIGHUP, signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda signum, frame: requests.append(signal.Signals(signum).name))
@@ -289,6 +312,10 @@ def run(config_path: str, cfg: Config) -> int:
 
     thread = threading.Thread(target=worker, name="libmilter", daemon=True)
     thread.start()
+    if metrics_server is not None:
+        # Started after cpu.pin(), this thread stays on the milter's CPU: metricsserver.py says why.
+        metrics_server.start()
+        log.info("metrics served at http://%s/metrics", cfg.metrics.listen)
     log.info("authmilter listening on %s (authserv_id=%s, config %s, %s)", spec, ref.current.authserv_id,
              describe_sources(cfg), f"on CPU {pinned}" if pinned is not None else "on every CPU")
     status = EX_OK
@@ -309,6 +336,8 @@ def run(config_path: str, cfg: Config) -> int:
                             "flight were cut")
             _close_quietly(ref.current.resolver)
         close_all(ref.current.observers)
+        if metrics_server is not None:
+            metrics_server.stop()
         if failure:
             log.error("libmilter stopped with an error: %s", failure[0])
             status = EX_OSERR

@@ -120,6 +120,9 @@ _IDNA = dns.name.IDNA_2008_Practical  # IDNA 2008 with the UTS-46 mapping (case,
 _DOT_LIKE = str.maketrans({"\u3002": ".", "\uff0e": ".", "\uff61": "."})  # UTS-46 maps these to "."
 
 Clock = Callable[[], float]
+# Told of each lookup: its record type, its outcome, and the seconds it spent on the network (None when the cache
+# answered). The metrics are fed through this; the checks never see it.
+QueryHook = Callable[[str, Outcome, "float | None"], None]
 
 
 def system_nameservers() -> tuple[Nameserver, ...]:
@@ -424,9 +427,10 @@ class _Step:
 class Resolver:
     """Long-lived: owns the configuration, the nameserver list and the cache shared by all messages."""
 
-    def __init__(self, dns_cfg: DnsSection, *, clock: Clock = time.monotonic):
+    def __init__(self, dns_cfg: DnsSection, *, clock: Clock = time.monotonic, on_query: QueryHook | None = None):
         self.cfg = dns_cfg
         self.clock = clock
+        self.on_query = on_query
         self.nameservers = _effective_nameservers(dns_cfg)
         self.trust_ad = trusts_ad(dns_cfg)
         self.cache = _Cache(dns_cfg.cache_size, dns_cfg.cache_max_ttl, clock)
@@ -438,6 +442,14 @@ class Resolver:
     def close(self) -> None:
         self._closed = True
         self.cache.clear()
+
+    def _tell(self, rdtype: str, outcome: Outcome, seconds: float | None) -> None:
+        if self.on_query is None:
+            return
+        try:
+            self.on_query(rdtype, outcome, seconds)
+        except Exception:  # a broken hook must not turn into a DNS failure and so into a temperror
+            log.exception("DNS query hook failed")
 
     # The lookup proper: called by MessageDns after the budget and the cache were checked.
     def _resolve(self, qname: dns.name.Name, rdtype: str, deadline: Deadline) -> tuple[Answer, bool]:
@@ -641,6 +653,7 @@ class MessageDns:
         if found is not None:  # served even when the time budget is spent: it costs no time
             cached, ttl = found
             log.debug("dns %s/%s: %s (cached)", asked, rdtype, cached.outcome)
+            self._resolver._tell(rdtype, cached.outcome, None)
             # One direct copy instead of two dataclasses.replace() calls: this path runs ~10 times per message.
             return self._note(Answer(asked, cached.rdtype, cached.outcome, cached.records, cached.dnssec, ttl,
                                      cached.detail))
@@ -648,7 +661,9 @@ class MessageDns:
             with self._lock:
                 self._expired = True
             return self._note(Answer(asked, rdtype, Outcome.TIMEOUT, detail=_deadline_detail(self.deadline)))
+        started = self._resolver.clock()
         answer, by_deadline = self._resolver._resolve(qname, rdtype, self.deadline)
+        self._resolver._tell(rdtype, answer.outcome, self._resolver.clock() - started)
         if by_deadline:
             with self._lock:
                 self._expired = True

@@ -31,24 +31,32 @@ class RuntimeRef:
         self.current = runtime
 
 
-def build_observers(cfg: Config, previous: Runtime | None = None) -> tuple[Observer, ...]:
+def build_observers(cfg: Config, previous: Runtime | None = None, *, serving: bool = True) -> tuple[Observer, ...]:
     """Every observer, in the order they are told: the log line first. An observer that owns a thread or a
-    store is kept across a reload when its own section did not change (`previous`)."""
+    store is kept across a reload when its own section did not change (`previous`). Only the daemon (`serving`)
+    counts: `authmilter check` judges a test message, which must reach no metric and no report."""
+    from authmilter import metrics
     from authmilter.logline import LogLineObserver
 
-    return (LogLineObserver(),)
+    observers: list[Observer] = [LogLineObserver()]
+    if serving:
+        counted = metrics.observer_for(cfg, previous.observers if previous is not None else None)
+        if counted is not None:
+            observers.append(counted)
+    return tuple(observers)
 
 
-def build_runtime(cfg: Config, previous: Runtime | None = None) -> Runtime:
-    from authmilter import libpatches
+def build_runtime(cfg: Config, previous: Runtime | None = None, *, serving: bool = True) -> Runtime:
+    from authmilter import libpatches, metrics
     from authmilter.resolver import Resolver  # the DNS layer is only needed once we serve or check
 
     libpatches.install()
     # getfqdn() may ask DNS: resolve the authserv-id once per config, not once per message.
     authserv_id = cfg.authserv_id
+    observers = build_observers(cfg, previous, serving=serving)
     if previous is not None and previous.cfg.dns == cfg.dns:
         resolver = previous.resolver  # keep the warm cache when DNS settings did not change
     else:
-        resolver = Resolver(cfg.dns)
+        resolver = Resolver(cfg.dns, on_query=metrics.dns_hook(observers))
     failures = previous.observer_failures if previous is not None else None
-    return Runtime(cfg, authserv_id, resolver, build_observers(cfg, previous), failures or ObserverFailures())
+    return Runtime(cfg, authserv_id, resolver, observers, failures or ObserverFailures())
