@@ -131,15 +131,21 @@ def _entry_tokens(entry: AREntry) -> list[str]:
     method, result = clean_keyword(entry.method), clean_keyword(entry.result)
     if not method or not result:
         return []
-    tokens = [_with_comment_token(f"{method}={result}", entry.comment)]
-    # RFC 8601 does not order properties. authres 1.2.0 drops a property that follows a quoted value, so quoted
-    # values go last, where every parser we know reads them.
     # A value that cleans down to nothing (a d=, s= or i= of control characters only) says nothing, and `""` (or
     # a bare `@`) beside another quoted value makes authres 1.2.0 lose the whole header: such a property is left
     # out.
     rendered = [(render_value(prop.value), prop) for prop in entry.properties
                 if clean_value(prop.value) not in ("", "@")]
-    for value, prop in sorted(rendered, key=lambda item: item[0].startswith('"')):
+    # RFC 8601 does not order properties. authres 1.2.0 silently drops a quoted value that any property follows, so
+    # one quoted value goes last, where every parser we know reads it; an earlier one (only hostile signatures have
+    # two) is shown in the method's comment instead of being lost.
+    rendered.sort(key=lambda item: item[0].startswith('"'))
+    quoted = [prop for value, prop in rendered if value.startswith('"')]
+    moved = [f"{prop.ptype}.{prop.name} {clean_value(prop.value)}" for prop in quoted[:-1]]
+    rendered = [(value, prop) for value, prop in rendered if prop not in quoted[:-1]]
+    comment = "; ".join(part for part in (entry.comment, *moved) if part)
+    tokens = [_with_comment_token(f"{method}={result}", comment)]
+    for value, prop in rendered:
         ptype, name = clean_keyword(prop.ptype), clean_keyword(prop.name)
         if ptype and name:
             tokens.append(_with_comment_token(f"{ptype}.{name}={value}", prop.comment))
