@@ -308,6 +308,99 @@ class SenderSection:
                                     choices=("accept", "reject", "tempfail"))
 
 
+# ---------------------------------------------------------------- [reports]: recording (reports-store's keys)
+
+_REPORTER_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
+_ADDRESS = re.compile(r"[^@\s\x00-\x1f\x7f\"<>(),;:\\\[\]]+@[A-Za-z0-9](?:[A-Za-z0-9.-]*[A-Za-z0-9])?")
+
+
+def parse_database(text: str) -> str:
+    """An absolute SQLite file path, or a postgresql:// URL (libpq's connection URI)."""
+    value = text.strip()
+    if value.startswith(("postgresql://", "postgres://")):
+        return value
+    if "://" in value:
+        raise ValueError(f"expected a file path or a postgresql:// URL, got {value.split('://')[0]}://...")
+    if not value.startswith("/"):
+        raise ValueError(f"a SQLite database needs an absolute path, got {value!r}")
+    return value
+
+
+def parse_absolute_path(text: str) -> str:
+    value = text.strip()
+    if not value.startswith("/") or value.endswith("/"):
+        raise ValueError(f"expected an absolute file path, got {value!r}")
+    return value
+
+
+def parse_reporter_id(text: str) -> str:
+    value = text.strip()
+    if value and not _REPORTER_ID.fullmatch(value):
+        raise ValueError(f"expected letters, digits, '.', '-' or '_' (at most 64), got {value!r}")
+    return value
+
+
+def parse_address(text: str) -> str:
+    value = text.strip()
+    if value and not _ADDRESS.fullmatch(value):
+        raise ValueError(f"expected an address such as dmarc-reports@example.org, got {value!r}")
+    return value
+
+
+def parse_mailboxes(text: str) -> tuple[str, ...]:
+    """Addresses (local@domain) and whole domains (@domain), compared case-insensitively."""
+    items = []
+    for item in split_list(text):
+        if not _ADDRESS.fullmatch(item if not item.startswith("@") else "x" + item):
+            raise ValueError(f"expected local@domain or @domain, got {item!r}")
+        items.append(item.lower())
+    return tuple(items)
+
+
+@dataclass(frozen=True, slots=True)
+class ReportsSection:
+    enabled: bool = key(False, "record every DMARC-evaluated message for aggregate reports (RFC 9990)")
+    database: str = key("/var/lib/authmilter/reports.sqlite", "SQLite file (created on first use), or a "
+                        "postgresql:// URL shared by a fleet of MX hosts", parse=parse_database)
+    org_name: str = key("", "the reporting organization named in every report (RFC 9990 org_name); "
+                            "required when enabled")
+    from_address: str = key("", "From address of report mail; its domain must pass DMARC aligned where the "
+                                "reports arrive (RFC 9990 §3.5); required when enabled", parse=parse_address)
+    reporter_id: str = key("", "this host's name in the store: unique per host of a fleet "
+                               "(empty: the host name)", parse=parse_reporter_id)
+    envelope_to: bool = key(False, "record the envelope recipient domain in each row (it reveals who gets mail)")
+    flush_seconds: float = key(5.0, "seconds between the writer's transactions (the most a kill -9 can lose)",
+                               minimum=0.5, maximum=300)
+    queue_size: int = key(10000, "messages waiting for the writer thread; past this they are dropped, "
+                                 "counted and logged (the reply is never delayed)", minimum=100)
+    max_rows_per_domain_day: int = key(10000, "distinct rows per policy domain and day; the excess is counted "
+                                              "in one overflow row", minimum=10)
+    journal: str = key("/var/lib/authmilter/reports.journal", "where counts wait while the store cannot be "
+                                                              "reached (replayed when it is back)",
+                       parse=parse_absolute_path)
+    grace_hours: float = key(1.0, "hours after the end of a UTC day before its reports are built",
+                             minimum=0, maximum=72)
+    silent_reporter_hours: float = key(12.0, "a fleet host that has not written for this long is not waited "
+                                             "for", minimum=1)
+    keep_days: int = key(14, "days rows are kept once their report is sent (or needed none)", minimum=1)
+    report_mailboxes: tuple[str, ...] = key((), "our own report mailboxes (local@domain or @domain): mail to "
+                                                "them never triggers a report (report loops)",
+                                            parse=parse_mailboxes)
+    report_rejects_only: bool = key(False, "yes: a domain whose only mail we rejected also gets a report "
+                                           "(no: spammers publish rua= to learn which receivers exist)")
+
+    def problems(self) -> tuple[tuple[str, str], ...]:
+        """(key, reason) for combinations no single key can refuse."""
+        if not self.enabled:
+            return ()
+        return tuple((name, "required when enabled = yes") for name in ("org_name", "from_address")
+                     if not getattr(self, name))
+
+    @property
+    def reporter(self) -> str:
+        return self.reporter_id or socket.gethostname()
+
+
 @dataclass(frozen=True, slots=True)
 class Config:
     milter: MilterSection = field(default_factory=MilterSection)
@@ -322,6 +415,7 @@ class Config:
     srs: SrsSection = field(default_factory=SrsSection)
     forwarders: ForwardersSection = field(default_factory=ForwardersSection)
     sender: SenderSection = field(default_factory=SenderSection)
+    reports: ReportsSection = field(default_factory=ReportsSection)
     source: str = "<defaults>"
 
     @property
@@ -400,6 +494,8 @@ def parse_config_text(text: str, source: str) -> Config:
             except ValueError as exc:
                 raise ConfigError(f"{source}: [{section_name}] {key_name}: {exc}") from None
         sections[section_name] = section_cls(**values)
+        for key_name, reason in getattr(sections[section_name], "problems", tuple)():
+            raise ConfigError(f"{source}: [{section_name}] {key_name}: {reason}")
     return Config(**sections, source=source)
 
 
