@@ -357,6 +357,40 @@ def parse_mailboxes(text: str) -> tuple[str, ...]:
     return tuple(items)
 
 
+# [reports]: sending (reports-send's keys)
+_HOST_NAME = re.compile(r"[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?(?:\.[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?)*")
+
+
+def parse_smtp_host(text: str) -> str:
+    """A host name or an IP address (the MTA that takes the reports; loopback unless you relay elsewhere)."""
+    value = text.strip()
+    try:
+        return str(ipaddress.ip_address(value.strip("[]")))
+    except ValueError:
+        pass
+    if not _HOST_NAME.fullmatch(value) or len(value) > 253:
+        raise ValueError(f"expected a host name or an IP address, got {value!r}")
+    return value
+
+
+def parse_suppress(text: str) -> tuple[str, ...]:
+    """Addresses (local@domain) and domains (example.org: it and its subdomains), compared case-insensitively."""
+    items = []
+    for item in split_list(text):
+        lowered = item.lower().removeprefix("mailto:")
+        if "@" in lowered:
+            if not _ADDRESS.fullmatch(lowered):
+                raise ValueError(f"expected local@domain or a domain, got {item!r}")
+        elif not _HOST_NAME.fullmatch(lowered.strip(".")):
+            raise ValueError(f"expected local@domain or a domain, got {item!r}")
+        items.append(lowered)
+    return tuple(items)
+
+
+def parse_port(text: str) -> int:
+    return _parse_port(text.strip(), text.strip())
+
+
 @dataclass(frozen=True, slots=True)
 class ReportsSection:
     enabled: bool = key(False, "record every DMARC-evaluated message for aggregate reports (RFC 9990)")
@@ -388,6 +422,21 @@ class ReportsSection:
                                             parse=parse_mailboxes)
     report_rejects_only: bool = key(False, "yes: a domain whose only mail we rejected also gets a report "
                                            "(no: spammers publish rua= to learn which receivers exist)")
+    # sending (`authmilter reports send`)
+    contact: str = key("", "extra contact information in every report (RFC 9990 extra_contact_info), e.g. a "
+                           "web page or a phone number")
+    smtp_host: str = key("127.0.0.1", "the MTA that takes report mail by SMTP (the sendmail command fails "
+                                      "under NoNewPrivileges=)", parse=parse_smtp_host)
+    smtp_port: int = key(25, "its port", parse=parse_port)
+    smtp_timeout: float = key(60.0, "seconds to wait on each SMTP step", minimum=1, maximum=600)
+    max_rua: int = key(3, "rua= addresses a report goes to, in the order published; the rest are ignored",
+                       minimum=1, maximum=20)
+    suppress: tuple[str, ...] = key((), "addresses (local@domain) and domains (with their subdomains) that "
+                                        "never get a report", parse=parse_suppress)
+    retry_minutes: int = key(60, "after a failed send (the MTA refused, a DNS error), wait this long before "
+                                 "the next try; the resend is byte for byte the same message", minimum=1)
+    give_up_days: int = key(3, "a report still not sent this many days after its day ended is given up "
+                               "(logged; its rows are then pruned like those of a sent report)", minimum=1)
 
     def problems(self) -> tuple[tuple[str, str], ...]:
         """(key, reason) for combinations no single key can refuse."""
