@@ -40,7 +40,7 @@ class RowKey:
     """One RFC 9990 §3.1 record tuple: messages with identical keys are counted together."""
 
     source_ip: str
-    disposition: str  # policy_evaluated/disposition: none, quarantine, reject
+    disposition: str  # policy_evaluated/disposition: none, pass (DMARC pass under p=quarantine/reject), quarantine, reject
     dkim: str  # policy_evaluated/dkim (aligned DKIM): pass or fail
     spf: str  # policy_evaluated/spf (aligned SPF): pass or fail
     reasons: tuple[Override, ...]
@@ -98,3 +98,4 @@ class DomainDay:
     rows: tuple[StoredRow, ...]
     report_id: str  # alphanumeric, fixed once the report is first built (a retry reuses it)
     status: str  # pending, built, sent, failed, suppressed, no_destination
+    triggered: bool = True  # some message of the day may trigger a report (see Observation.triggers_report)
