@@ -40,7 +40,7 @@ class RowKey:
     """One RFC 9990 §3.1 record tuple: messages with identical keys are counted together."""
 
     source_ip: str
-    disposition: str  # policy_evaluated/disposition: none, pass (DMARC pass under p=quarantine/reject), quarantine, reject
+    disposition: str  # policy_evaluated/disposition: none, pass (DMARC pass, p=quarantine/reject), quarantine, reject
     dkim: str  # policy_evaluated/dkim (aligned DKIM): pass or fail
     spf: str  # policy_evaluated/spf (aligned SPF): pass or fail
     reasons: tuple[Override, ...]
