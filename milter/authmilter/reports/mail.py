@@ -7,6 +7,7 @@ bytes), so a report consumer can discard the duplicate.
 
 from __future__ import annotations
 
+import datetime
 import email.policy
 import email.utils
 import gzip
@@ -61,13 +62,16 @@ def build(report: DomainDay, reporter: xmlreport.Reporter, recipients: tuple[str
     msg["From"] = email.utils.formataddr((reporter.org_name, reporter.email))
     msg["To"] = ", ".join(recipients)
     msg["Subject"] = subject(report, reporter.domain)
-    msg["Date"] = email.utils.formatdate(now, localtime=False, usegmt=True)
+    msg["Date"] = email.utils.format_datetime(datetime.datetime.fromtimestamp(int(now), datetime.timezone.utc))
     msg["Message-ID"] = message_id(report.report_id, reporter.domain)
     # RFC 3834: an automatic message; well-behaved systems never auto-reply to it (no report loops, no vacation
     # replies from a report mailbox).
     msg["Auto-Submitted"] = "auto-generated"
     msg.set_content(_text_part(report, reporter), charset="utf-8")
     msg.add_attachment(attachment.data, maintype="application", subtype="gzip", filename=attachment.name)
+    # email picks a random boundary; one derived from the id keeps a rebuilt message identical. "=_" cannot occur
+    # in base64 or in the text part's quoted-printable-free ASCII lines.
+    msg.set_boundary(f"=_dmarc_report_{report.report_id}")
     return msg.as_bytes(policy=_POLICY)
 
 

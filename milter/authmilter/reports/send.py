@@ -1,0 +1,336 @@
+"""`authmilter reports send`: from the stored rows of each finished (policy domain, UTC day) to one report mail.
+
+For each (domain, day) the store says is ready, one sender claims it (however many run at once, on however many
+hosts: the store's claim is the lock), then:
+
+    stored message?  -- yes -> resend those exact bytes (same id, same Date, same file): a retry is a duplicate
+         | no                   the consumer can recognise, never a second report
+    destinations (rua, RFC 9990 §4 checks, suppression)  -- DNS failure -> try again at a later run
+         |                                                -- nobody left -> no_destination / suppressed
+    XML -> schema check  -- invalid -> logged, kept (rows stay), never sent
+         |
+    message -> sign() -> store.record_built(bytes) -> SMTP to the local MTA -> mark_sent (only after the MTA's 250)
+                                                                              or mark_failed (retry later)
+
+Who gets a report at all was decided when each message was recorded (record.py: a DMARC pass, or a fail we
+accepted or quarantined; never mail addressed to our own report mailboxes; [reports] report_rejects_only and
+report_mailboxes switch it): the store offers only the days that some message triggered.
+"""
+
+from __future__ import annotations
+
+import email.parser
+import email.utils
+import logging
+import os
+import smtplib
+import socket
+import time
+from dataclasses import dataclass
+from typing import Callable, Protocol
+
+from authmilter.config import Config
+from authmilter.reports import destinations, mail, xmlreport
+from authmilter.reports.model import DomainDay
+from authmilter.reports.store import StoreError
+from authmilter.resolver import DnsClient, Outcome, to_a_labels
+
+log = logging.getLogger("authmilter.reports")
+
+# How long one sender may hold a claim before another may take the report over (a sender killed mid-way): far
+# longer than building and handing over one report takes, short enough that a crash costs one timer period.
+LEASE_SECONDS = 900
+
+Clock = Callable[[], float]
+
+
+class SendError(Exception):
+    """The MTA did not take the message (refused it, or could not be reached)."""
+
+
+class Transport(Protocol):
+    def send(self, sender: str, recipients: tuple[str, ...], message: bytes) -> tuple[str, ...]:
+        """Hand one message over; returns the recipients the MTA refused while it accepted others. Raises
+        SendError when it accepted none."""
+        ...
+
+    def close(self) -> None:
+        ...
+
+
+class SmtpTransport:
+    """SMTP to the local MTA, one connection reused for every report of a run (RSET between messages)."""
+
+    def __init__(self, host: str, port: int, timeout: float, *, helo: str | None = None):
+        self.host, self.port, self.timeout = host, port, timeout
+        # socket.getfqdn() (smtplib's default) may ask the DNS; the host name is what we are.
+        self.helo = helo or socket.gethostname()
+        self._smtp: smtplib.SMTP | None = None
+
+    def send(self, sender: str, recipients: tuple[str, ...], message: bytes) -> tuple[str, ...]:
+        for attempt in (1, 2):
+            try:
+                smtp = self._connection()
+                refused = smtp.sendmail(sender, list(recipients), message)
+                return tuple(sorted(refused))
+            except smtplib.SMTPServerDisconnected as exc:
+                self._drop()
+                if attempt == 2:  # a kept connection the MTA closed gets one fresh try
+                    raise SendError(f"{self._where()}: connection lost: {exc}") from None
+            except smtplib.SMTPRecipientsRefused as exc:
+                self._reset()
+                raise SendError(f"{self._where()} refused every recipient: {_replies(exc.recipients)}") from None
+            except smtplib.SMTPResponseException as exc:
+                self._reset()
+                raise SendError(f"{self._where()} refused the message: {exc.smtp_code} "
+                                f"{_text(exc.smtp_error)}") from None
+            except (OSError, smtplib.SMTPException) as exc:
+                self._drop()
+                raise SendError(f"{self._where()}: {exc.strerror if isinstance(exc, OSError) and exc.strerror else exc}") from None
+        raise AssertionError("unreachable")
+
+    def close(self) -> None:
+        if self._smtp is not None:
+            try:
+                self._smtp.quit()
+            except (OSError, smtplib.SMTPException):
+                pass
+            self._drop()
+
+    def _connection(self) -> smtplib.SMTP:
+        if self._smtp is None:
+            self._smtp = smtplib.SMTP(self.host, self.port, local_hostname=self.helo, timeout=self.timeout)
+        return self._smtp
+
+    def _reset(self) -> None:
+        try:
+            if self._smtp is not None:
+                self._smtp.rset()
+        except (OSError, smtplib.SMTPException):
+            self._drop()
+
+    def _drop(self) -> None:
+        if self._smtp is not None:
+            try:
+                self._smtp.close()
+            finally:
+                self._smtp = None
+
+    def _where(self) -> str:
+        return f"MTA {self.host}:{self.port}"
+
+
+def _text(raw: bytes | str) -> str:
+    text = raw.decode("utf-8", "replace") if isinstance(raw, bytes) else str(raw)
+    return " ".join(text.split())[:300]
+
+
+def _replies(recipients: dict) -> str:
+    return "; ".join(f"{rcpt}: {code} {_text(text)}" for rcpt, (code, text) in sorted(recipients.items()))
+
+
+# ---------------------------------------------------------------- the hook for signing (issue 11)
+
+def sign(message: bytes, cfg: Config) -> bytes:
+    """The one place where a signer is applied to a built report message, before its bytes are stored and sent.
+
+    Issue 11 puts the DKIM signature of the From domain here (RFC 9990 wants report mail to pass DMARC aligned,
+    and a signature keeps that through forwarding). Until then reports go out unsigned and pass through SPF of
+    from_address's domain, which `reports send` checks (check_from_spf). Because the result is stored, a
+    resend carries the same signature byte for byte.
+    """
+    return message
+
+
+# ---------------------------------------------------------------- one run
+
+@dataclass(frozen=True, slots=True)
+class Result:
+    """What happened to one (domain, day) in this run: for the log, the summary and the exit status."""
+
+    policy_domain: str
+    day: str
+    status: str        # sent, failed, invalid, suppressed, no_destination, given_up, skipped, written
+    detail: str = ""
+    report_id: str = ""
+
+
+def reporter_of(cfg: Config) -> xmlreport.Reporter:
+    section = cfg.reports
+    domain = section.from_address.rpartition("@")[2].rstrip(".")
+    return xmlreport.Reporter(
+        org_name=" ".join(section.org_name.split()),  # one line: it goes into a header too
+        email=section.from_address,
+        domain=(to_a_labels(domain) or domain).lower(),
+        extra_contact=" ".join(section.contact.split()),
+    )
+
+
+class Sender:
+    """One `reports send` run against one store."""
+
+    def __init__(self, cfg: Config, store, transport: Transport, dns_factory: Callable[[], DnsClient], *,
+                 clock: Clock = time.time, sender_id: str | None = None):
+        self.cfg = cfg
+        self.section = cfg.reports
+        self.store = store
+        self.transport = transport
+        self.dns_factory = dns_factory
+        self.clock = clock
+        self.sender_id = sender_id or f"{self.section.reporter}:{os.getpid()}"
+        self.reporter = reporter_of(cfg)
+        self.suppression = destinations.Suppression.parse(self.section.suppress)
+
+    # -------------------------------------------------------- the run
+
+    def run(self) -> list[Result]:
+        """Every report the store says is ready, each claimed, built or resent, and handed over."""
+        now = self.clock()
+        ready = self.store.days_ready(now, self.section.grace_hours * 3600,
+                                      self.section.silent_reporter_hours * 3600)
+        return [self.one(policy_domain, day) for policy_domain, day in ready]
+
+    def run_day(self, day: str) -> list[Result]:
+        """The reports of one named day (`--day`), even before the grace period and the fleet's flushes are over:
+        the operator asked for it. Days nothing triggered and reports already done are left alone."""
+        from authmilter.reports.store import OPEN_STATUSES
+
+        results = []
+        for policy_domain in self.store.days(day):
+            report = self.store.peek(policy_domain, day)
+            if report is None or not report.triggered or report.status not in OPEN_STATUSES:
+                continue
+            results.append(self.one(policy_domain, day))
+        return results
+
+    def one(self, policy_domain: str, day: str) -> Result:
+        report = self.store.claim(policy_domain, day, self.sender_id, LEASE_SECONDS)
+        if report is None:
+            return Result(policy_domain, day, "skipped", "claimed by another sender, or done")
+        try:
+            return self._handle(report)
+        except StoreError:
+            raise  # the store is gone for every report: the run stops, the claims' leases expire
+        except Exception:
+            # A bug with one report must not stop the others; the claim's lease lets a later run retry it.
+            log.exception("report for %s %s failed unexpectedly", policy_domain, day)
+            return Result(policy_domain, day, "failed", "internal error (logged)", report.report_id)
+
+    def _handle(self, report: DomainDay) -> Result:
+        now = self.clock()
+        if self._too_old(report.day, now):
+            reason = f"not sent within [reports] give_up_days = {self.section.give_up_days} of the day's end"
+            self.store.mark_status(report.policy_domain, report.day, "given_up", reason)
+            log.warning("report for %s %s given up (id %s): %s", report.policy_domain, report.day,
+                        report.report_id, reason)
+            return Result(report.policy_domain, report.day, "given_up", reason, report.report_id)
+        stored = self.store.built_payload(report.policy_domain, report.day)
+        if stored is not None:
+            return self._deliver(report, stored, resend=True)
+        return self._build_and_deliver(report, now)
+
+    def _build_and_deliver(self, report: DomainDay, now: float) -> Result:
+        found = destinations.resolve(report.policy, report.rua, self.dns_factory(),
+                                     max_rua=self.section.max_rua, suppression=self.suppression)
+        for uri, why in found.dropped:
+            log.info("report for %s %s: not sending to %s: %s", report.policy_domain, report.day, uri, why)
+        if found.retry:
+            return self._failed(report, f"DNS error while verifying a destination: {found.retry}", now)
+        if not found.addresses:
+            status = "suppressed" if found.suppressed_only else "no_destination"
+            reason = "; ".join(f"{uri}: {why}" for uri, why in found.dropped) or "no rua= address"
+            self.store.mark_status(report.policy_domain, report.day, status, reason[:1000])
+            log.info("report for %s %s not sent (%s): %s", report.policy_domain, report.day, status, reason)
+            return Result(report.policy_domain, report.day, status, reason, report.report_id)
+        document = xmlreport.build(report, self.reporter)
+        problems = xmlreport.SchemaCheck.problems(document)
+        if problems:
+            # Our bug, not the domain's: keep everything (rows, status) so a fixed release sends it, and say so
+            # loudly at every run until then.
+            reason = "report fails the RFC 9990 schema: " + "; ".join(problems)
+            log.error("report for %s %s (id %s) kept, not sent: %s", report.policy_domain, report.day,
+                      report.report_id, reason)
+            self._mark_failed(report, reason, now)
+            return Result(report.policy_domain, report.day, "invalid", reason, report.report_id)
+        attachment = mail.report_file(self.reporter.domain, report, document)
+        recipients = tuple(str(address) for address in found.addresses)
+        message = sign(mail.build(report, self.reporter, recipients, attachment, now=now), self.cfg)
+        self.store.record_built(report.policy_domain, report.day, report.report_id, message)
+        return self._deliver(report, message, resend=False)
+
+    def _deliver(self, report: DomainDay, message: bytes, *, resend: bool) -> Result:
+        recipients = recipients_of(message)
+        try:
+            refused = self.transport.send(self.section.from_address, recipients, message)
+        except SendError as exc:
+            return self._failed(report, str(exc), self.clock())
+        self.store.mark_sent(report.policy_domain, report.day)
+        detail = f"to {', '.join(recipients)}" + (" (resent unchanged)" if resend else "")
+        if refused:
+            detail += f"; refused by the MTA: {', '.join(refused)}"
+        log.info("report for %s %s sent (id %s, %d records, %d messages) %s", report.policy_domain, report.day,
+                 report.report_id, len(report.rows), xmlreport.messages(report), detail)
+        return Result(report.policy_domain, report.day, "sent", detail, report.report_id)
+
+    def _failed(self, report: DomainDay, reason: str, now: float) -> Result:
+        self._mark_failed(report, reason, now)
+        log.warning("report for %s %s (id %s) not sent, retried after %d minutes: %s", report.policy_domain,
+                    report.day, report.report_id, self.section.retry_minutes, reason)
+        return Result(report.policy_domain, report.day, "failed", reason, report.report_id)
+
+    def _mark_failed(self, report: DomainDay, reason: str, now: float) -> None:
+        self.store.mark_failed(report.policy_domain, report.day, reason[:1000],
+                               now + self.section.retry_minutes * 60)
+
+    def _too_old(self, day: str, now: float) -> bool:
+        return now > xmlreport.day_range(day)[1] + 1 + self.section.give_up_days * 86400
+
+
+def recipients_of(message: bytes) -> tuple[str, ...]:
+    """The To addresses of a built message: a resend goes to whom the stored bytes say, nobody else."""
+    headers = email.parser.BytesHeaderParser().parsebytes(message)
+    return tuple(address for _, address in email.utils.getaddresses(headers.get_all("To", [])) if address)
+
+
+# ---------------------------------------------------------------- the From domain's SPF (RFC 9990: pass aligned)
+
+# Mechanisms that can designate some host. A record with none of them (only "all" with -, ~ or ?) passes nobody.
+_DESIGNATING = ("a", "mx", "ip4", "ip6", "include", "exists", "ptr")
+
+
+def check_from_spf(cfg: Config, dns: DnsClient) -> str:
+    """A warning when the From domain's SPF cannot let report mail pass aligned, else "".
+
+    What is checked, through our DNS layer: the TXT records at from_address's domain hold exactly one v=spf1
+    record, and that record has a mechanism that can designate some host (a, mx, ip4, ip6, include, exists,
+    ptr), a redirect=, or +all. Whether it designates this very host is not checked: that depends on the
+    address the MTA sends from, which the sender cannot see.
+    """
+    domain = reporter_of(cfg).domain
+    answer = dns.query(domain, "TXT")
+    if answer.outcome.is_temporary:
+        return f"could not check the SPF record of {domain} ({answer.problem})"
+    records = []
+    if answer.outcome is Outcome.ANSWER:
+        for raw in answer.records:
+            text = raw.decode("utf-8", "replace") if isinstance(raw, bytes) else str(raw)
+            terms = text.split()
+            if terms and terms[0].lower() == "v=spf1":
+                records.append(terms[1:])
+    if not records:
+        return (f"{domain} (the domain of [reports] from_address) has no SPF record: report mail can only pass "
+                f"DMARC there through a DKIM signature")
+    if len(records) > 1:
+        return f"{domain} has {len(records)} SPF records (RFC 7208 §4.5: permerror): report mail cannot pass SPF"
+    for term in records[0]:
+        lowered = term.lower()
+        name = lowered.lstrip("+-~?").split(":", 1)[0].split("/", 1)[0].split("=", 1)[0]
+        qualifier = lowered[0] if lowered[:1] in "+-~?" else "+"
+        if lowered.startswith("redirect="):
+            return ""
+        if name in _DESIGNATING and qualifier == "+":
+            return ""
+        if name == "all" and qualifier == "+":
+            return ""
+    return (f"the SPF record of {domain} designates no host (only {' '.join(records[0]) or 'nothing'}): "
+            f"report mail cannot pass SPF")
