@@ -55,7 +55,7 @@ class SmtpSink:
         self._refusals: list[str] = []
         self._rcpt_refusals: dict[str, str] = {}
         self._controller = Controller(_Handler(self), hostname=host, port=self.port, ready_timeout=10,
-                                      server_kwargs={"data_size_limit": 64 * 1024 * 1024})
+                                      data_size_limit=64 * 1024 * 1024)
         self._timer = threading.Timer(lifetime, self.stop)
         self._timer.daemon = True
         self._stopped = False

@@ -91,6 +91,10 @@ def _send(cfg: Config, store, day: str | None, out: TextIO, clock, transport) ->
             log.warning("reports send: %s (RFC 9990: report mail must pass DMARC aligned)", warning)
         sender = send.Sender(cfg, store, transport, resolver.for_message, clock=clock)
         results = sender.run_day(day) if day is not None else sender.run()
+        pruned = store.prune(cfg.reports.keep_days)
+        if pruned:
+            log.info("reports send: forgot %d finished domain-day(s) older than %d days", pruned,
+                     cfg.reports.keep_days)
     finally:
         if own_transport:
             transport.close()
