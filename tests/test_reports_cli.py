@@ -165,11 +165,32 @@ def test_an_unreachable_store_is_try_again_later(dns_server, tmp_path):
     assert done.returncode == 75 and "store is unavailable" in done.stderr
 
 
-def test_two_senders_at_once_send_each_report_exactly_once(dns_server, tmp_path):
+@pytest.fixture(scope="module")
+def postgres():
+    cluster_module = pytest.importorskip("testlab.postgres")
+    pytest.importorskip("psycopg")
+    try:
+        cluster = cluster_module.PostgresCluster(lifetime=600)
+    except RuntimeError as exc:  # no server binaries: `make deps` installs them
+        pytest.skip(str(exc))
+    with cluster:
+        yield cluster
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def database(request, tmp_path):
+    if request.param == "sqlite":
+        return str(tmp_path / "r.sqlite")
+    cluster = request.getfixturevalue("postgres")
+    name = f"send_{os.getpid()}_{len(os.listdir(tmp_path))}"
+    cluster.drop_database(name)
+    return cluster.create_database(name)
+
+
+def test_two_senders_at_once_send_each_report_exactly_once(dns_server, tmp_path, database):
     domains = [f"d{index:03d}.example" for index in range(120)]
     with SmtpSink() as sink:
-        ini = write_config(tmp_path / "a.ini", database=str(tmp_path / "r.sqlite"), dns_server=dns_server,
-                           smtp_port=sink.port)
+        ini = write_config(tmp_path / "a.ini", database=database, dns_server=dns_server, smtp_port=sink.port)
         cfg = load_config(ini)
         day = yesterday()
         fill(cfg, [passing(domain, day=day) for domain in domains for _ in range(2)], flushed_until=time.time())
