@@ -21,6 +21,7 @@ from typing import Callable
 import Milter
 
 from authmilter import arheader, logline, policy
+from authmilter.observers import Judged, notify
 from authmilter.bodystream import BodyStream
 from authmilter.config import Config
 from authmilter.context import Connection, Envelope, Header, Message, MessageContext
@@ -261,6 +262,7 @@ class AuthMilter(Milter.Base):
         judgement = judge(ctx, dns, runtime.cfg, runtime.authserv_id, now=self._wallclock())
         elapsed_ms = (self._clock() - started) * 1000.0
         log.info("%s", logline.format_line(ctx, judgement.results, judgement.verdict, elapsed_ms))
+        notify(runtime.observers, Judged(ctx, judgement.results, judgement.verdict, elapsed_ms))
         return self._apply(judgement, tx)
 
     def _apply(self, judgement: Judgement, tx: _Transaction) -> int:

@@ -21,7 +21,9 @@ from pathlib import Path
 from authmilter import adapter, cpu, logsetup
 from authmilter.config import Config, load_config
 from authmilter.errors import ConfigError
-from authmilter.judge import build_runtime
+from authmilter.judge import build_runtime as _build_runtime
+from authmilter.observers import close_all
+from authmilter.reports.writer import report_observers
 
 log = logging.getLogger("authmilter")
 
@@ -30,6 +32,13 @@ EX_OK = 0
 EX_SOFTWARE = 70
 EX_OSERR = 71
 EX_CONFIG = 78
+
+def build_runtime(cfg: Config, previous=None):
+    """The milter's runtime: judge's, plus the observers (reports wiring stand-in until runtime.py is wired)."""
+    import dataclasses
+    kept = previous.observers if previous is not None else ()
+    return dataclasses.replace(_build_runtime(cfg, previous), observers=report_observers(cfg, kept))
+
 
 # How often the main thread wakes to notice the worker ending; signals interrupt the wait anyway.
 _POLL_SECONDS = 0.5
@@ -178,6 +187,7 @@ class Reloader:
                         cfg.milter.cpu, old.cfg.milter.cpu)
         logsetup.configure(cfg.log)
         self.ref.current = runtime  # new transactions see it from their MAIL FROM on
+        close_all([observer for observer in old.observers if observer not in runtime.observers])
         if runtime.resolver is not old.resolver:
             # Messages in flight may still use the old resolver: close it once they are surely done.
             grace = old.cfg.dns.message_deadline + 5
@@ -258,6 +268,7 @@ def run(config_path: str, cfg: Config) -> int:
             except OSError:
                 pass
         _close_quietly(ref.current.resolver)
+        close_all(ref.current.observers)  # the reports writer flushes its counts (to the journal if need be)
     if failure:
         log.error("libmilter stopped with an error: %s", failure[0])
         return EX_OSERR

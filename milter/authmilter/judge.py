@@ -27,6 +27,7 @@ class Runtime:
     cfg: Config
     authserv_id: str
     resolver: object  # authmilter.resolver.Resolver (has for_message() and close())
+    observers: tuple = ()  # reports wiring stand-in: runtime.Runtime carries these once the lead wires it
 
 
 class RuntimeRef:

@@ -35,8 +35,9 @@ def build_observers(cfg: Config, previous: Runtime | None = None) -> tuple[Obser
     """Every observer, in the order they are told: the log line first. An observer that owns a thread or a
     store is kept across a reload when its own section did not change (`previous`)."""
     from authmilter.logline import LogLineObserver
+    from authmilter.reports.writer import report_observers
 
-    return (LogLineObserver(),)
+    return (LogLineObserver(), *report_observers(cfg, previous.observers if previous is not None else ()))
 
 
 def build_runtime(cfg: Config, previous: Runtime | None = None) -> Runtime:
