@@ -35,12 +35,15 @@ def observation(domain: str, day: str, *, source_ip: str = "192.0.2.1", dkim: st
 
 
 def fill(store, *, domains: Iterable[str], day: str, rows_per_domain: int = 1, count: int = 1,
-         reporter: str = "mx1", batch_rows: int = 20000, **fields) -> dict[tuple[str, str], int]:
-    """Write `rows_per_domain` distinct rows of `count` messages per domain, in batches of `batch_rows`."""
+         reporter: str = "mx1", batch_rows: int = 20000, first_ip: int = 1,
+         **fields) -> dict[tuple[str, str], int]:
+    """Write `rows_per_domain` distinct rows of `count` messages per domain, in batches of `batch_rows`; the
+    source IPs are 10.0.0.0 + first_ip, + first_ip + 1... (give another first_ip for rows distinct from an earlier
+    fill)."""
     end = calendar.timegm(time.strptime(day, "%Y-%m-%d")) + 86400
     written: dict[tuple[str, str], int] = {}
     batch: dict[Observation, int] = {}
-    serial = 0
+    serial = first_ip - 1
     for domain in domains:
         for _ in range(rows_per_domain):
             serial += 1
