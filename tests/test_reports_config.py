@@ -52,3 +52,15 @@ def test_enabled_needs_who_we_are(missing):
                                                   if not line.startswith(missing))
     with pytest.raises(ConfigError, match=rf"^F.ini: \[reports\] {missing}: required when enabled = yes$"):
         parse_config_text(text, "F.ini")
+
+
+def test_the_systemd_unit_gives_the_default_store_and_journal_a_writable_state_directory():
+    from tests.test_config import unit_settings
+
+    unit = unit_settings()
+    assert unit["StateDirectory"] == ["authmilter"]  # /var/lib/authmilter, writable under ProtectSystem=strict
+    section = Config().reports
+    assert section.database.startswith("/var/lib/authmilter/") and section.journal.startswith("/var/lib/authmilter/")
+    # close() must finish within the unit's stop timeout, or systemd kills the writer mid-flush.
+    from authmilter.reports.writer import CLOSE_SECONDS
+    assert CLOSE_SECONDS < int(unit["TimeoutStopSec"][0].rstrip("s"))

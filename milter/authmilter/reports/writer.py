@@ -35,7 +35,7 @@ log = logging.getLogger("authmilter.reports")
 HEARTBEAT_SECONDS = 60.0     # an idle writer still moves its high-water mark this often (days_ready waits on it)
 STORE_RETRY_SECONDS = 10.0   # after a store failure, batches go straight to the journal for this long
 WARN_EVERY_SECONDS = 60.0    # the least time between two log lines about drops or store failures
-CLOSE_SECONDS = 60.0         # how long close() waits for the last write (systemd's stop timeout is 90 s)
+CLOSE_SECONDS = 20.0         # how long close() waits for the last write (the unit's TimeoutStopSec is 30 s)
 _STOP = object()
 
 
