@@ -71,3 +71,18 @@ def test_idn_policy_domain_in_a_label_form():
     message = email.message_from_bytes(built(report, ("rua@xn--bcher-kva.example",)), policy=email.policy.default)
     assert "Report Domain: xn--bcher-kva.example " in " ".join(str(message["Subject"]).split())
     assert next(message.iter_attachments()).get_filename().startswith("mx.example.net!xn--bcher-kva.example!")
+
+
+def test_a_non_ascii_org_name_is_encoded_and_reads_back():
+    import dataclasses
+
+    reporter = dataclasses.replace(REPORTER, org_name="Société Générale, Réception")
+    report = domain_day()
+    document = xmlreport.build(report, reporter)
+    raw = mail.build(report, reporter, ("rua@example.com",), mail.report_file(reporter.domain, report, document),
+                     now=BEGIN)
+    assert raw.isascii()
+    message = email.message_from_bytes(raw, policy=email.policy.default)
+    assert message["From"].addresses[0].display_name == "Société Générale, Réception"
+    assert "from Société Générale, Réception for example.com" in message.get_body(("plain",)).get_content()
+    assert gzip.decompress(next(message.iter_attachments()).get_content()) == document

@@ -7,19 +7,14 @@ bytes), so a report consumer can discard the duplicate.
 
 from __future__ import annotations
 
+import base64
 import datetime
-import email.policy
 import email.utils
 import gzip
 from dataclasses import dataclass
-from email.message import EmailMessage
 
 from authmilter.reports import xmlreport
 from authmilter.reports.model import DomainDay
-
-# RFC 5322 with CRLF line ends: the bytes handed to the MTA are the bytes stored for a resend.
-_POLICY = email.policy.SMTP
-
 
 @dataclass(frozen=True, slots=True)
 class ReportFile:
@@ -57,22 +52,51 @@ def subject(report: DomainDay, receiver: str) -> str:
 def build(report: DomainDay, reporter: xmlreport.Reporter, recipients: tuple[str, ...], attachment: ReportFile,
           *, now: float) -> bytes:
     """The whole message as it goes to the MTA: From, To, Subject, Date, Message-ID, a short text part and the
-    application/gzip attachment."""
-    msg = EmailMessage(policy=_POLICY)
-    msg["From"] = email.utils.formataddr((reporter.org_name, reporter.email))
-    msg["To"] = ", ".join(recipients)
-    msg["Subject"] = subject(report, reporter.domain)
-    msg["Date"] = email.utils.format_datetime(datetime.datetime.fromtimestamp(int(now), datetime.timezone.utc))
-    msg["Message-ID"] = message_id(report.report_id, reporter.domain)
-    # RFC 3834: an automatic message; well-behaved systems never auto-reply to it (no report loops, no vacation
-    # replies from a report mailbox).
-    msg["Auto-Submitted"] = "auto-generated"
-    msg.set_content(_text_part(report, reporter), charset="utf-8")
-    msg.add_attachment(attachment.data, maintype="application", subtype="gzip", filename=attachment.name)
-    # email picks a random boundary; one derived from the id keeps a rebuilt message identical. "=_" cannot occur
-    # in base64 or in the text part's quoted-printable-free ASCII lines.
-    msg.set_boundary(f"=_dmarc_report_{report.report_id}")
-    return msg.as_bytes(policy=_POLICY)
+    application/gzip attachment.
+
+    Written out directly rather than through the email package: every value here is ASCII we made or checked
+    (A-label domains, addresses destinations.py accepted, an alphanumeric id), except org_name, which is
+    RFC 2047-encoded when it is not ASCII. email's header registry cost more than the rest of a report together
+    (2 ms of 3), which matters for a fleet sending tens of thousands of reports a day.
+    """
+    boundary = f"=_dmarc_report_{report.report_id}"  # "=_" cannot occur in base64 or in our text part
+    date = email.utils.format_datetime(datetime.datetime.fromtimestamp(int(now), datetime.timezone.utc))
+    text = _text_part(report, reporter)
+    text_ascii = text.isascii()
+    headers = [
+        f"From: {email.utils.formataddr((reporter.org_name, reporter.email), charset='utf-8')}",
+        "To: " + ",\r\n ".join(recipients),
+        # Folded where RFC 9990's own example folds it.
+        f"Subject: Report Domain: {report.policy_domain}\r\n Submitter: {reporter.domain}\r\n "
+        f"Report-ID: {message_id(report.report_id, reporter.domain)}",
+        f"Date: {date}",
+        f"Message-ID: {message_id(report.report_id, reporter.domain)}",
+        # RFC 3834: an automatic message; well-behaved systems never auto-reply to it (no report loops, no
+        # vacation replies from a report mailbox).
+        "Auto-Submitted: auto-generated",
+        "MIME-Version: 1.0",
+        f'Content-Type: multipart/mixed; boundary="{boundary}"',
+    ]
+    parts = [
+        "\r\n".join(headers), "",
+        "This is a DMARC aggregate report in MIME format.", "",
+        f"--{boundary}",
+        'Content-Type: text/plain; charset="utf-8"',
+        f"Content-Transfer-Encoding: {'7bit' if text_ascii else 'base64'}", "",
+        text.replace("\n", "\r\n").rstrip("\r\n") if text_ascii else _base64(text.encode("utf-8")), "",
+        f"--{boundary}",
+        f'Content-Type: application/gzip; name="{attachment.name}"',
+        f'Content-Disposition: attachment; filename="{attachment.name}"',
+        "Content-Transfer-Encoding: base64", "",
+        _base64(attachment.data), "",
+        f"--{boundary}--", "",
+    ]
+    return "\r\n".join(parts).encode("ascii")
+
+
+def _base64(data: bytes) -> str:
+    """Base64 in lines of 76 characters (RFC 2045 §6.8), CRLF between them, none at the end."""
+    return base64.encodebytes(data).decode("ascii").rstrip("\n").replace("\n", "\r\n")
 
 
 def _text_part(report: DomainDay, reporter: xmlreport.Reporter) -> str:

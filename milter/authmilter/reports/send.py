@@ -22,10 +22,14 @@ from __future__ import annotations
 import email.parser
 import email.utils
 import logging
+import multiprocessing
 import os
 import smtplib
 import socket
+import threading
 import time
+from collections import deque
+from concurrent.futures import Future, ProcessPoolExecutor
 from dataclasses import dataclass
 from typing import Callable, Protocol
 
@@ -40,6 +44,9 @@ log = logging.getLogger("authmilter.reports")
 # How long one sender may hold a claim before another may take the report over (a sender killed mid-way): far
 # longer than building and handing over one report takes, short enough that a crash costs one timer period.
 LEASE_SECONDS = 900
+# Runs with this many reports or more build and check their XML in a worker process (see _builder).
+PARALLEL_FROM = 50
+LOOKAHEAD = 16  # reports built ahead of the one being handed to the MTA
 
 Clock = Callable[[], float]
 
@@ -188,35 +195,61 @@ class Sender:
         now = self.clock()
         ready = self.store.days_ready(now, self.section.grace_hours * 3600,
                                       self.section.silent_reporter_hours * 3600)
-        return [self.one(policy_domain, day) for policy_domain, day in ready]
+        return self._process(ready)
 
     def run_day(self, day: str) -> list[Result]:
         """The reports of one named day (`--day`), even before the grace period and the fleet's flushes are over:
         the operator asked for it. Days nothing triggered and reports already done are left alone."""
         from authmilter.reports.store import OPEN_STATUSES
 
-        results = []
+        wanted = []
         for policy_domain in self.store.days(day):
             report = self.store.peek(policy_domain, day)
-            if report is None or not report.triggered or report.status not in OPEN_STATUSES:
-                continue
-            results.append(self.one(policy_domain, day))
-        return results
+            if report is not None and report.triggered and report.status in OPEN_STATUSES:
+                wanted.append((policy_domain, day))
+        return self._process(wanted)
 
     def one(self, policy_domain: str, day: str) -> Result:
-        report = self.store.claim(policy_domain, day, self.sender_id, LEASE_SECONDS)
-        if report is None:
-            return Result(policy_domain, day, "skipped", "claimed by another sender, or done")
+        return self._process([(policy_domain, day)])[0]
+
+    def _process(self, items: list[tuple[str, str]]) -> list[Result]:
+        """Claim, prepare and hand over each report. XML building and the schema check, two thirds of the CPU a
+        report costs, run in a worker process when a run is large, while this one talks to the store, the DNS
+        and the MTA; at most LOOKAHEAD reports are in flight, each finished in the order claimed."""
+        results: list[Result] = []
+        pending: deque[_Pending] = deque()
+        with _builder(len(items)) as builder:
+            for policy_domain, day in items:
+                prepared = self._guarded(policy_domain, day, "", lambda: self._prepare(policy_domain, day, builder))
+                if isinstance(prepared, Result):
+                    results.append(prepared)
+                else:
+                    pending.append(prepared)
+                while pending and (len(pending) > LOOKAHEAD or pending[0].built.done()):
+                    results.append(self._finish_guarded(pending.popleft()))
+            while pending:
+                results.append(self._finish_guarded(pending.popleft()))
+        return results
+
+    def _guarded(self, policy_domain: str, day: str, report_id: str, step: Callable[[], object]):
         try:
-            return self._handle(report)
+            return step()
         except StoreError:
             raise  # the store is gone for every report: the run stops, the claims' leases expire
         except Exception:
             # A bug with one report must not stop the others; the claim's lease lets a later run retry it.
             log.exception("report for %s %s failed unexpectedly", policy_domain, day)
-            return Result(policy_domain, day, "failed", "internal error (logged)", report.report_id)
+            return Result(policy_domain, day, "failed", "internal error (logged)", report_id)
 
-    def _handle(self, report: DomainDay) -> Result:
+    def _finish_guarded(self, item: _Pending) -> Result:
+        report = item.report
+        return self._guarded(report.policy_domain, report.day, report.report_id, lambda: self._finish(item))
+
+    def _prepare(self, policy_domain: str, day: str, builder) -> Result | _Pending:
+        """Claim one report; anything decided without the XML (resend, give up, destinations) ends here."""
+        report = self.store.claim(policy_domain, day, self.sender_id, LEASE_SECONDS)
+        if report is None:
+            return Result(policy_domain, day, "skipped", "claimed by another sender, or done")
         now = self.clock()
         if self._too_old(report.day, now):
             reason = f"not sent within [reports] give_up_days = {self.section.give_up_days} of the day's end"
@@ -227,9 +260,6 @@ class Sender:
         stored = self.store.built_payload(report.policy_domain, report.day)
         if stored is not None:
             return self._deliver(report, stored, resend=True)
-        return self._build_and_deliver(report, now)
-
-    def _build_and_deliver(self, report: DomainDay, now: float) -> Result:
         found = destinations.resolve(report.policy, report.rua, self.dns_factory(),
                                      max_rua=self.section.max_rua, suppression=self.suppression)
         for uri, why in found.dropped:
@@ -242,8 +272,13 @@ class Sender:
             self.store.mark_status(report.policy_domain, report.day, status, reason[:1000])
             log.info("report for %s %s not sent (%s): %s", report.policy_domain, report.day, status, reason)
             return Result(report.policy_domain, report.day, status, reason, report.report_id)
-        document = xmlreport.build(report, self.reporter)
-        problems = xmlreport.SchemaCheck.problems(document)
+        recipients = tuple(str(address) for address in found.addresses)
+        return _Pending(report, recipients, builder.submit(build_checked, report, self.reporter))
+
+    def _finish(self, item: _Pending) -> Result:
+        report = item.report
+        document, problems = item.built.result()
+        now = self.clock()
         if problems:
             # Our bug, not the domain's: keep everything (rows, status) so a fixed release sends it, and say so
             # loudly at every run until then.
@@ -253,8 +288,7 @@ class Sender:
             self._mark_failed(report, reason, now)
             return Result(report.policy_domain, report.day, "invalid", reason, report.report_id)
         attachment = mail.report_file(self.reporter.domain, report, document)
-        recipients = tuple(str(address) for address in found.addresses)
-        message = sign(mail.build(report, self.reporter, recipients, attachment, now=now), self.cfg)
+        message = sign(mail.build(report, self.reporter, item.recipients, attachment, now=now), self.cfg)
         self.store.record_built(report.policy_domain, report.day, report.report_id, message)
         return self._deliver(report, message, resend=False)
 
@@ -284,6 +318,52 @@ class Sender:
 
     def _too_old(self, day: str, now: float) -> bool:
         return now > xmlreport.day_range(day)[1] + 1 + self.section.give_up_days * 86400
+
+
+@dataclass(slots=True)
+class _Pending:
+    """A claimed report whose destinations are known, waiting for its XML and schema check."""
+
+    report: DomainDay
+    recipients: tuple[str, ...]
+    built: Future  # -> (document, schema problems)
+
+
+def build_checked(report: DomainDay, reporter: xmlreport.Reporter) -> tuple[bytes, list[str]]:
+    """The report's XML and its schema problems (empty: valid). Runs in a worker process for large runs."""
+    document = xmlreport.build(report, reporter)
+    return document, xmlreport.SchemaCheck.problems(document)
+
+
+class _Inline:
+    """The builder of small runs: computes on submit, in this process."""
+
+    def submit(self, fn, *args) -> Future:
+        future: Future = Future()
+        try:
+            future.set_result(fn(*args))
+        except Exception as exc:
+            future.set_exception(exc)
+        return future
+
+    def __enter__(self) -> _Inline:
+        return self
+
+    def __exit__(self, *exc_info) -> None:
+        pass
+
+
+def _builder(count: int):
+    """A worker process for runs of PARALLEL_FROM reports or more on a machine with a CPU to spare, else inline.
+
+    The worker is forked (a spawned one would re-run the `authmilter` command line as its main module), so only
+    from a process with no other thread (fork copies only the caller: a lock another thread held stays held); the
+    schema is loaded first, so the worker inherits it instead of loading its own.
+    """
+    if count < PARALLEL_FROM or (os.cpu_count() or 1) < 2 or threading.active_count() > 1:
+        return _Inline()
+    xmlreport.SchemaCheck.problems(b"<feedback/>")
+    return ProcessPoolExecutor(max_workers=1, mp_context=multiprocessing.get_context("fork"))
 
 
 def recipients_of(message: bytes) -> tuple[str, ...]:

@@ -204,15 +204,14 @@ class SchemaCheck:
         """The schema errors of one document (empty: valid), at most `limit` of them, each with its path."""
         schema = cls._load()
         try:
-            text = document.decode("utf-8")
-        except UnicodeDecodeError as exc:
-            return [f"not UTF-8: {exc}"]
+            # The very bytes that are sent, parsed by expat (C); xmlschema then walks the tree. Handing it the
+            # text instead costs a fifth more for the same check. No defaults are filled in: we check, not decode.
+            root = ET.fromstring(document)
+        except ET.ParseError as exc:  # a document that does not even parse: say why, keep the report
+            return [f"not well-formed XML: {exc}"]
         found: list[str] = []
-        try:
-            for error in schema.iter_errors(text):
-                found.append(f"{error.path or '/'}: {error.reason or error.message}")
-                if len(found) >= limit:
-                    break
-        except Exception as exc:  # a document that does not even parse: say why, keep the report
-            found.append(f"not well-formed XML: {exc}")
+        for error in schema.iter_errors(root, use_defaults=False):
+            found.append(f"{error.path or '/'}: {error.reason or error.message}")
+            if len(found) >= limit:
+                break
         return found
