@@ -7,7 +7,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 CONFIG ?= config/authmilter.ini
 # faketime: the end-to-end report test runs `reports send` a day later, so the day it recorded is over.
-DEBIAN_PACKAGES := postfix nsd unbound libmilter-dev gcc python3-dev python3-venv iproute2 ldnsutils dnsutils procps openssl faketime
+DEBIAN_PACKAGES := postfix nsd unbound libmilter-dev gcc python3-dev python3-venv iproute2 ldnsutils dnsutils procps openssl faketime postgresql
 STAMP_DEB := $(VENV)/.debian-packages
 STAMP_PY := $(VENV)/.installed
 
@@ -16,7 +16,8 @@ STAMP_PY := $(VENV)/.installed
 all: test
 
 # Debian's packages, installed only when one is missing (postfix must not start on its own: the tests run
-# private instances, and a packaged instance would hold port 25).
+# private instances, and a packaged instance would hold port 25). postgresql: the report store tests run a private
+# cluster as `nobody` (testlab/postgres.py); no system cluster is created.
 $(STAMP_DEB):
 	@missing=""; for p in $(DEBIAN_PACKAGES); do \
 	  dpkg-query -W -f='$${Status}\n' $$p 2>/dev/null | grep -q '^install ok installed' || missing="$$missing $$p"; \
@@ -24,6 +25,7 @@ $(STAMP_DEB):
 	if [ -n "$$missing" ]; then \
 	  echo "installing Debian packages:$$missing"; \
 	  echo "postfix postfix/main_mailer_type select No configuration" | debconf-set-selections; \
+	  echo "postgresql-common postgresql-common/create_main_cluster boolean false" | debconf-set-selections; \
 	  apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends $$missing; \
 	fi
 	@mkdir -p $(VENV) && touch $@
