@@ -5,7 +5,8 @@
 
 Everything is on loopback: a SQLite store filled with one day of rows (three distinct rows per domain), an
 authoritative DNS server (testlab.dnsserver) for the From domain's SPF and the RFC 9990 §4 checks of the share of
-domains whose rua points to a third party, and an SMTP sink (testlab.smtpsink) that takes every report. The
+domains whose rua points to a third party, and an SMTP sink (testlab.smtpsink.CountingSink: it speaks just enough
+SMTP to take every report and only counts them, so its own cost stays out of the figure). The
 timed part is the real command, `authmilter reports send --config FILE`, in a process of its own: claims, DNS,
 XML, the schema check, gzip, the message, storing it, SMTP, marking sent.
 """
@@ -24,7 +25,7 @@ from authmilter.config import load_config
 from authmilter.reports.model import DkimAuth, Observation, PublishedPolicy, RowKey, SpfAuth
 from authmilter.reports.store import open_store
 from testlab.dnsserver import DnsServer
-from testlab.smtpsink import SmtpSink
+from testlab.smtpsink import CountingSink
 
 FROM_DOMAIN = "mx.example.net"
 THIRD_PARTY = "reports.example"
@@ -58,12 +59,15 @@ def zone(domains: int, external_share: float) -> dict:
 def main(argv: list[str]) -> int:
     parser = argparse.ArgumentParser(prog="python -m bench.reports_send")
     parser.add_argument("--domains", type=int, default=10000)
+    parser.add_argument("--store-dir", default=None,
+                        help="where the SQLite store goes (default: a temporary directory on disk; /dev/shm "
+                             "takes the disk's fsync latency out of the figure)")
     parser.add_argument("--external", type=float, default=0.1,
                         help="share of domains whose rua is a verified third party (RFC 9990 §4 lookups)")
     args = parser.parse_args(argv)
     day = time.strftime("%Y-%m-%d", time.gmtime(time.time() - 86400))
-    with tempfile.TemporaryDirectory(prefix="authmilter-bench-reports-") as tmp, \
-            DnsServer(zone(args.domains, args.external), lifetime=900) as dns, SmtpSink(lifetime=900) as sink:
+    with tempfile.TemporaryDirectory(prefix="authmilter-bench-reports-", dir=args.store_dir) as tmp, \
+            DnsServer(zone(args.domains, args.external), lifetime=900) as dns, CountingSink(lifetime=900) as sink:
         config = Path(tmp) / "authmilter.ini"
         config.write_text(f"""[dns]
 nameservers = {dns.address}
@@ -84,7 +88,10 @@ smtp_port = {sink.port}
         started = time.perf_counter()
         store = open_store(cfg.reports)
         try:
-            store.add_counts("bench", observations(args.domains, args.external, day), time.time())
+            # In batches, as the milter's writer flushes them (a few seconds of mail each).
+            counts = list(observations(args.domains, args.external, day).items())
+            for start in range(0, len(counts), 3000):
+                store.add_counts("bench", dict(counts[start:start + 3000]), time.time())
         finally:
             store.close()
         print(f"store filled: {args.domains} domains, {3 * args.domains} rows in {time.perf_counter() - started:.1f} s")
@@ -92,15 +99,15 @@ smtp_port = {sink.port}
         started = time.perf_counter()
         done = subprocess.run(command, capture_output=True, text=True, timeout=900)
         seconds = time.perf_counter() - started
-        received = sink.wait_for(args.domains, timeout=30)
+        received = sink.messages
         print(done.stdout.strip())
         if done.returncode != 0:
             print(done.stderr[-2000:], file=sys.stderr)
-        print(f"authmilter reports send: {args.domains} domains ({args.external:.0%} with a verified third-party "
-              f"rua), {len(received)} reports taken by the sink, {dns.total_queries} DNS queries: "
+        print(f"authmilter reports send (store in {tmp}): {args.domains} domains ({args.external:.0%} with a verified third-party "
+              f"rua), {received} reports taken by the sink, {dns.total_queries} DNS queries: "
               f"{seconds:.1f} s ({1000 * seconds / max(args.domains, 1):.2f} ms per report); "
               f"target under {LIMIT_SECONDS:.0f} s: {'met' if seconds < LIMIT_SECONDS else 'MISSED'}")
-        return 0 if done.returncode == 0 and len(received) == args.domains else 1
+        return 0 if done.returncode == 0 and received == args.domains else 1
 
 
 if __name__ == "__main__":

@@ -109,3 +109,70 @@ def _free_port(host: str) -> int:
     with socket.socket(family, socket.SOCK_STREAM) as probe:
         probe.bind((host, 0))
         return probe.getsockname()[1]
+
+
+class CountingSink:
+    """The cheapest SMTP server that still speaks SMTP, for benchmarks: it keeps no message, only counts them (and
+    their bytes), so what a bench measures is the client, not the sink. One client connection at a time.
+
+        with CountingSink() as sink:
+            sink.port ...; sink.messages, sink.octets
+    """
+
+    def __init__(self, host: str = "127.0.0.1", *, lifetime: float = 900.0):
+        self.host = host
+        self.messages = 0
+        self.octets = 0
+        self._server = socket.create_server((host, 0))
+        self.port = self._server.getsockname()[1]
+        self._server.settimeout(0.5)
+        self._end = time.monotonic() + lifetime
+        self._thread = threading.Thread(target=self._serve, name=f"countingsink-{self.port}", daemon=True)
+        self._stopped = threading.Event()
+
+    def __enter__(self) -> CountingSink:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc_info) -> None:
+        self._stopped.set()
+        self._thread.join(5)
+        self._server.close()
+
+    def _serve(self) -> None:
+        while not self._stopped.is_set() and time.monotonic() < self._end:
+            try:
+                conn, _ = self._server.accept()
+            except (socket.timeout, OSError):
+                continue
+            with conn:
+                conn.settimeout(30)
+                try:
+                    self._session(conn.makefile("rb"), conn)
+                except (OSError, ValueError):
+                    pass
+
+    def _session(self, reader, conn: socket.socket) -> None:
+        conn.sendall(b"220 sink ESMTP\r\n")
+        while not self._stopped.is_set():
+            line = reader.readline()
+            if not line:
+                return
+            verb = line[:4].upper()
+            if verb == b"EHLO":
+                conn.sendall(b"250-sink\r\n250 8BITMIME\r\n")
+            elif verb == b"DATA":
+                conn.sendall(b"354 go ahead\r\n")
+                size = 0
+                for data_line in iter(reader.readline, b""):
+                    if data_line == b".\r\n":
+                        break
+                    size += len(data_line)
+                self.messages += 1
+                self.octets += size
+                conn.sendall(b"250 2.0.0 OK\r\n")
+            elif verb == b"QUIT":
+                conn.sendall(b"221 bye\r\n")
+                return
+            else:  # HELO, MAIL, RCPT, RSET, NOOP
+                conn.sendall(b"250 OK\r\n")
