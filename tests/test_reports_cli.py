@@ -120,6 +120,10 @@ def test_send_warns_about_spf_and_reports_what_it_did(dns_server, tmp_path):
         assert "report for example.com" in done.stderr and "sent (id" in done.stderr
         (received,) = sink.wait_for(1)
         assert received.mail_from == "dmarc@dead.example"
+        # The hourly runs with nothing to send stay quiet.
+        again = authmilter("reports", "send", "--config", str(ini))
+        assert again.returncode == 0 and again.stdout == "reports send: nothing to send\n"
+        assert "SPF" not in again.stderr
 
 
 def test_show_prints_a_table(dns_server, tmp_path):

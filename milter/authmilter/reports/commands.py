@@ -86,11 +86,13 @@ def _send(cfg: Config, store, day: str | None, out: TextIO, clock, transport) ->
     transport = transport or send.SmtpTransport(cfg.reports.smtp_host, cfg.reports.smtp_port,
                                                 cfg.reports.smtp_timeout)
     try:
-        warning = send.check_from_spf(cfg, resolver.for_message())
-        if warning:
-            log.warning("reports send: %s (RFC 9990: report mail must pass DMARC aligned)", warning)
         sender = send.Sender(cfg, store, transport, resolver.for_message, clock=clock)
         results = sender.run_day(day) if day is not None else sender.run()
+        if any(result.status in ("sent", "failed") for result in results):
+            # Only when mail went out (or tried to): an hourly run with nothing to send stays quiet.
+            warning = send.check_from_spf(cfg, resolver.for_message())
+            if warning:
+                log.warning("reports send: %s (RFC 9990: report mail must pass DMARC aligned)", warning)
         pruned = store.prune(cfg.reports.keep_days)
         if pruned:
             log.info("reports send: forgot %d finished domain-day(s) older than %d days", pruned,
