@@ -213,8 +213,8 @@ class Sender:
         return self._process([(policy_domain, day)])[0]
 
     def _process(self, items: list[tuple[str, str]]) -> list[Result]:
-        """Claim, prepare and hand over each report. XML building and the schema check, two thirds of the CPU a
-        report costs, run in a worker process when a run is large, while this one talks to the store, the DNS
+        """Claim, prepare and hand over each report. XML building and the schema check, half the CPU a report
+        costs, run in worker processes when a run is large, while this one talks to the store, the DNS
         and the MTA; at most LOOKAHEAD reports are in flight, each finished in the order claimed."""
         results: list[Result] = []
         pending: deque[_Pending] = deque()
@@ -259,7 +259,7 @@ class Sender:
             return Result(report.policy_domain, report.day, "given_up", reason, report.report_id)
         stored = self.store.built_payload(report.policy_domain, report.day)
         if stored is not None:
-            return self._deliver(report, stored, resend=True)
+            return self._deliver(report, stored, None)
         found = destinations.resolve(report.policy, report.rua, self.dns_factory(),
                                      max_rua=self.section.max_rua, suppression=self.suppression)
         for uri, why in found.dropped:
@@ -290,10 +290,12 @@ class Sender:
         attachment = mail.report_file(self.reporter.domain, report, document)
         message = sign(mail.build(report, self.reporter, item.recipients, attachment, now=now), self.cfg)
         self.store.record_built(report.policy_domain, report.day, report.report_id, message)
-        return self._deliver(report, message, resend=False)
+        return self._deliver(report, message, item.recipients)
 
-    def _deliver(self, report: DomainDay, message: bytes, *, resend: bool) -> Result:
-        recipients = recipients_of(message)
+    def _deliver(self, report: DomainDay, message: bytes, recipients: tuple[str, ...] | None) -> Result:
+        """Hand one message to the MTA. recipients None: a resend, to whom the stored message's To names."""
+        resend = recipients is None
+        recipients = recipients_of(message) if recipients is None else recipients
         try:
             refused = self.transport.send(self.section.from_address, recipients, message)
         except SendError as exc:
@@ -354,7 +356,7 @@ class _Inline:
 
 
 def _builder(count: int):
-    """A worker process for runs of PARALLEL_FROM reports or more on a machine with a CPU to spare, else inline.
+    """Worker processes for runs of PARALLEL_FROM reports or more on a machine with several CPUs, else inline.
 
     The worker is forked (a spawned one would re-run the `authmilter` command line as its main module), so only
     from a process with no other thread (fork copies only the caller: a lock another thread held stays held); the
@@ -363,7 +365,9 @@ def _builder(count: int):
     if count < PARALLEL_FROM or (os.cpu_count() or 1) < 2 or threading.active_count() > 1:
         return _Inline()
     xmlreport.SchemaCheck.problems(b"<feedback/>")
-    return ProcessPoolExecutor(max_workers=1, mp_context=multiprocessing.get_context("fork"))
+    # As many workers as CPUs: this process mostly waits (store commits, the MTA), so they rarely compete with it.
+    return ProcessPoolExecutor(max_workers=min(4, os.cpu_count() or 1),
+                               mp_context=multiprocessing.get_context("fork"))
 
 
 def recipients_of(message: bytes) -> tuple[str, ...]:
