@@ -12,6 +12,7 @@ delivered; the sender's retry is judged, and counted, again).
 
 from __future__ import annotations
 
+import functools
 import re
 import time
 from dataclasses import dataclass
@@ -44,6 +45,18 @@ def clean(text: str, limit: int = FIELD_MAX) -> str:
 
 def _domain(text: str) -> str:
     return clean(text.strip().rstrip(".").lower())
+
+
+# Pure functions of their argument, cached because they cost microseconds on every message: one day string per UTC
+# day, and ipaddress's str() (slow) for the few thousand client addresses seen at any one time.
+@functools.lru_cache(maxsize=4)
+def _utc_day(day_number: int) -> str:
+    return time.strftime("%Y-%m-%d", time.gmtime(day_number * 86400))
+
+
+@functools.lru_cache(maxsize=4096)
+def _ip_text(ip) -> str:
+    return str(unmapped(ip))
 
 
 @dataclass(frozen=True, slots=True)
@@ -81,21 +94,22 @@ def observe(judged: Judged, rules: RecordRules, now: float) -> Observation | Non
     envelope_to = ""
     if rules.envelope_to and envelope.rcpts:
         envelope_to = _domain(envelope.rcpts[0].rpartition("@")[2])  # one row per message: its first recipient
-    ip = unmapped(ctx.connection.client_ip)
+    ip = ctx.connection.client_ip
+    header_from = clean(dmarc.from_domain)  # already lower-case A-labels (checks/dmarc), but from the sender
     row = RowKey(
-        source_ip=str(ip) if ip is not None else "",
+        source_ip=_ip_text(ip) if ip is not None else "",
         disposition=disposition,
         dkim="pass" if dmarc.dkim_aligned else "fail",
         spf="pass" if dmarc.spf_aligned else "fail",
         reasons=_reasons(judged, asked, final),
-        header_from=_domain(dmarc.from_domain),
+        header_from=header_from,
         envelope_from=_domain(mail_from_domain),
         envelope_to=envelope_to,
         dkim_results=_dkim_results(results.dkim),
         spf_results=_spf_results(results.spf),
     )
     policy = PublishedPolicy(
-        domain=_domain(dmarc.record_domain),
+        domain=clean(dmarc.record_domain),
         p=dmarc.p or dmarc.policy,
         sp=dmarc.sp,
         np=dmarc.np,
@@ -106,8 +120,8 @@ def observe(judged: Judged, rules: RecordRules, now: float) -> Observation | Non
     )
     triggers = passed or final != "reject" or rules.report_rejects_only
     return Observation(
-        day=time.strftime("%Y-%m-%d", time.gmtime(now)),
-        policy_domain=row.header_from,
+        day=_utc_day(int(now // 86400)),
+        policy_domain=header_from,
         policy=policy,
         rua=tuple(clean(uri) for uri in dmarc.rua[:MAX_RUA]),
         row=row,

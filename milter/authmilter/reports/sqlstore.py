@@ -128,16 +128,11 @@ _OVERFLOWING = f"""
     SELECT n.policy_domain, n.day, SUM(n.count), COUNT(*) FROM ({_RANKED}) n WHERE n.row_rank > n.room
     GROUP BY n.policy_domain, n.day"""
 _COUNT_NEW = """
-    UPDATE domain_reporters SET distinct_rows = CASE
-        WHEN distinct_rows + (SELECT COUNT(*) FROM batch_rows b
-                              WHERE b.policy_domain = domain_reporters.policy_domain
-                                AND b.day = domain_reporters.day) > ? THEN ?
-        ELSE distinct_rows + (SELECT COUNT(*) FROM batch_rows b
-                              WHERE b.policy_domain = domain_reporters.policy_domain
-                                AND b.day = domain_reporters.day) END
-    WHERE reporter = ? AND EXISTS (SELECT 1 FROM batch_rows b
-                                   WHERE b.policy_domain = domain_reporters.policy_domain
-                                     AND b.day = domain_reporters.day)"""
+    UPDATE domain_reporters SET distinct_rows = CASE WHEN distinct_rows + n.added > ? THEN ?
+                                                     ELSE distinct_rows + n.added END
+    FROM (SELECT policy_domain, day, COUNT(*) AS added FROM batch_rows GROUP BY policy_domain, day) n
+    WHERE domain_reporters.policy_domain = n.policy_domain AND domain_reporters.day = n.day
+      AND domain_reporters.reporter = ?"""
 _ADD_OVERFLOW = """
     INSERT INTO report_rows (policy_domain, day, reporter, row_hash, row_text, aligned, overflow, count)
     VALUES (?, ?, ?, ?, ?, 0, 1, ?)
