@@ -64,6 +64,7 @@ bench: deps
 	  apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends $$missing; \
 	fi
 	$(PY) -m bench $(BENCH_ARGS)
+	$(PY) -m bench.reports
 
 clean:
 	rm -rf $(VENV) build *.egg-info milter/*.egg-info

@@ -49,7 +49,8 @@ def main(argv: list[str]) -> int:
     parser.add_argument("--dedicated-cpu", action="store_true",
                         help="through Postfix: the milters on the last CPU, Postfix and the SMTP clients on the others")
     parser.add_argument("--only", action="append", default=[], metavar="MILTER",
-                        help="measure only this contender (authmilter, 'authmilter cpu=all', null-pymilter, "
+                        help="measure only this contender (authmilter, 'authmilter cpu=all', 'authmilter reports=on', "
+                             "null-pymilter, "
                              "opendkim+opendmarc, dkimpy-milter)")
     args = parser.parse_args(argv)
     if os.geteuid() != 0:
@@ -75,6 +76,9 @@ def main(argv: list[str]) -> int:
         # "cpu=all" shows what [milter] cpu = auto (one CPU for all threads, the default) is for.
         contenders = [("authmilter", lambda wd: milters.start_authmilter(wd, "127.0.0.1:53")),
                       ("authmilter cpu=all", lambda wd: milters.start_authmilter(wd, "127.0.0.1:53", cpu="all")),
+                      # issue 10: the same milter recording DMARC aggregate report rows (SQLite), side by side
+                      ("authmilter reports=on", lambda wd: milters.start_authmilter(wd, "127.0.0.1:53",
+                                                                                     reports=True)),
                       ("null-pymilter", milters.start_nullmilter)]
         if milters.opendkim_available():
             contenders.append(("opendkim+opendmarc", milters.start_opendkim_opendmarc))

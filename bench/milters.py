@@ -54,7 +54,8 @@ def _spawn(argv: list[str], log: Path, **kwargs) -> subprocess.Popen:
                             **kwargs)
 
 
-def authmilter_config(workdir: Path, socket_spec: str, nameserver: str, *, cpu: str = "auto") -> Path:
+def authmilter_config(workdir: Path, socket_spec: str, nameserver: str, *, cpu: str = "auto",
+                      reports: bool = False) -> Path:
     config = workdir / "authmilter.ini"
     config.write_text(f"""[milter]
 socket = {socket_spec}
@@ -73,14 +74,24 @@ networks =
 [log]
 level = info
 """)
+    if reports:  # DMARC aggregate reports recorded into a SQLite store in the workdir
+        with config.open("a") as handle:
+            handle.write(f"""
+[reports]
+enabled = yes
+org_name = bench
+from_address = dmarc@bench.example
+database = {workdir / 'reports.sqlite'}
+journal = {workdir / 'reports.journal'}
+""")
     return config
 
 
 def start_authmilter(workdir: Path, nameserver: str, *, inet_port: int | None = None,
-                     cpu: str = "auto") -> RunningMilter:
+                     cpu: str = "auto", reports: bool = False) -> RunningMilter:
     sock = workdir / "authmilter.sock"
     spec = f"inet:{inet_port}@127.0.0.1" if inet_port else f"unix:{sock}"
-    config = authmilter_config(workdir, spec, nameserver, cpu=cpu)
+    config = authmilter_config(workdir, spec, nameserver, cpu=cpu, reports=reports)
     log = workdir / "authmilter.log"
     # `timeout` must not stand between us and the milter's PID: we measure the milter's own counters.
     process = subprocess.Popen([sys.executable, "-m", "authmilter", "run", "--config", str(config)],
@@ -89,7 +100,8 @@ def start_authmilter(workdir: Path, nameserver: str, *, inet_port: int | None = 
         wait_for_port(inet_port, process, log)
         return RunningMilter("authmilter-inet", [f"127.0.0.1:{inet_port}"], [process])
     _wait_for_socket(sock, process, log)
-    return RunningMilter("authmilter" if cpu == "auto" else f"authmilter cpu={cpu}", [str(sock)], [process])
+    label = "authmilter" if cpu == "auto" else f"authmilter cpu={cpu}"
+    return RunningMilter(label + (" reports=on" if reports else ""), [str(sock)], [process])
 
 
 def wait_for_port(port: int, process: subprocess.Popen | None = None, log: Path | None = None,
