@@ -103,8 +103,8 @@ smtp_port = {sink.port}
         print(done.stdout.strip())
         if done.returncode != 0:
             print(done.stderr[-2000:], file=sys.stderr)
-        print(f"authmilter reports send (store in {tmp}): {args.domains} domains ({args.external:.0%} with a verified third-party "
-              f"rua), {received} reports taken by the sink, {dns.total_queries} DNS queries: "
+        print(f"authmilter reports send (store in {tmp}): {args.domains} domains ({args.external:.0%} with a "
+              f"verified third-party rua), {received} reports taken by the sink, {dns.total_queries} DNS queries: "
               f"{seconds:.1f} s ({1000 * seconds / max(args.domains, 1):.2f} ms per report); "
               f"target under {LIMIT_SECONDS:.0f} s: {'met' if seconds < LIMIT_SECONDS else 'MISSED'}")
         return 0 if done.returncode == 0 and received == args.domains else 1

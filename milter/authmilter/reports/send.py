@@ -93,7 +93,8 @@ class SmtpTransport:
                                 f"{_text(exc.smtp_error)}") from None
             except (OSError, smtplib.SMTPException) as exc:
                 self._drop()
-                raise SendError(f"{self._where()}: {exc.strerror if isinstance(exc, OSError) and exc.strerror else exc}") from None
+                reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else exc
+                raise SendError(f"{self._where()}: {reason}") from None
         raise AssertionError("unreachable")
 
     def close(self) -> None:
