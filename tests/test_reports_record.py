@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import time
 import xml.etree.ElementTree as ET
 from dataclasses import replace
 
@@ -15,7 +14,7 @@ from authmilter.observers import Judged
 from authmilter.reports.model import DkimAuth, Override, SpfAuth
 from authmilter.reports.record import COMMENT_MAX, FIELD_MAX, RecordRules, clean, observe
 from authmilter.results import Action, Status, Verdict
-from tests.reports_helpers import GOOD_IP, STRANGER_IP, ZONE, cfg, judged
+from tests.reports_helpers import STRANGER_IP, ZONE, cfg, judged
 
 NOW = 1_795_000_000.0  # 2026-11-18
 RULES = RecordRules()

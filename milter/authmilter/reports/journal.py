@@ -4,8 +4,8 @@ A line is JSON: {"batch": id, "reporter": ..., "flushed_until": ..., "counts": [
 with one write() and fsync'd, so a crash leaves at most a torn last line (skipped, and logged, on replay). Replay
 hands each group of lines to the store as one transaction that also records the lines' ids: the store refuses a
 group holding an id it already has, so a replay interrupted by a crash or a store failure is simply run again, and
-nothing is counted twice. The file is emptied once every line is in the store. An exclusive flock serializes the appends and
-the replay of anyone sharing the file.
+nothing is counted twice. The file is emptied once every line is in the store. An exclusive flock serializes the
+appends and the replay of anyone sharing the file.
 """
 
 from __future__ import annotations

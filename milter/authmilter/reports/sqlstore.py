@@ -408,7 +408,8 @@ class SqlStore:
                 earlier = seen.get((domain, d), ("", False))
                 seen[(domain, d)] = (rua, earlier[1] or bool(triggered))
             cur.execute(q(f"SELECT policy_domain, day, status, report_id, reason FROM reports {where}"), args)
-            fates = {(domain, d): (status, report_id, reason) for domain, d, status, report_id, reason in cur.fetchall()}
+            fates = {(domain, d): (status, report_id, reason)
+                     for domain, d, status, report_id, reason in cur.fetchall()}
         summaries = []
         for key in sorted(set(seen) | set(fates), key=lambda k: (k[1], k[0])):
             rows, messages, passed, excess = counted.get(key, (0, 0, 0, 0))
