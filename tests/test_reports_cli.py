@@ -14,8 +14,8 @@ from pathlib import Path
 
 import pytest
 
-from authmilter.config import DnsSection, load_config
-from authmilter.reports import send
+from authmilter.config import load_config
+from authmilter.reports import fromspf
 from authmilter.reports.store import open_store
 from authmilter.resolver import Resolver
 from testlab.dnsserver import DnsServer
@@ -99,7 +99,7 @@ def test_from_domain_spf_check(dns_server, tmp_path, domain, warning):
     cfg = dataclasses.replace(cfg, reports=dataclasses.replace(cfg.reports, from_address=f"dmarc@{domain}"))
     resolver = Resolver(cfg.dns)
     try:
-        found = send.check_from_spf(cfg, resolver.for_message())
+        found = fromspf.check_from_spf(cfg, resolver.for_message())
     finally:
         resolver.close()
     assert (warning in found) if warning else found == ""

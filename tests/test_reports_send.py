@@ -13,7 +13,7 @@ import xml.etree.ElementTree as ET
 
 import pytest
 
-from authmilter.reports import commands, send, xmlreport
+from authmilter.reports import commands, send, smtp, xmlreport
 from authmilter.reports.store import open_store
 from authmilter.resolver import Resolver
 from testlab.dnsserver import DnsServer, Fault
@@ -67,7 +67,7 @@ def fill(store, observations, reporter="mx1", flushed_until=DAY_END + 60):
 
 def run(cfg, store, clock, transport=None, day=None):
     resolver = Resolver(cfg.dns)
-    transport = transport or send.SmtpTransport("127.0.0.1", cfg.reports.smtp_port, 10.0)
+    transport = transport or smtp.SmtpTransport("127.0.0.1", cfg.reports.smtp_port, 10.0)
     try:
         sender = send.Sender(cfg, store, transport, resolver.for_message, clock=clock)
         return sender.run_day(day) if day else sender.run()
@@ -161,7 +161,7 @@ def test_the_mta_refusing_a_report_means_a_byte_identical_retry_later(setup, sin
 def test_an_unreachable_mta_then_a_resend_of_the_stored_bytes(setup, sink, tmp_path):
     cfg, store, clock = setup
     fill(store, [passing()])
-    nobody = send.SmtpTransport("127.0.0.1", _closed_port(), 2.0)
+    nobody = smtp.SmtpTransport("127.0.0.1", _closed_port(), 2.0)
     assert [r.status for r in run(cfg, store, clock, transport=nobody)] == ["failed"]
     stored = store.built_payload("example.com", DAY)
     assert stored is not None

@@ -19,8 +19,8 @@ from pathlib import Path
 from typing import Callable, TextIO
 
 from authmilter.config import Config
-from authmilter.errors import ConfigError
-from authmilter.reports import destinations, mail, send, xmlreport
+from authmilter.errors import AuthmilterError, ConfigError
+from authmilter.reports import destinations, fromspf, mail, send, smtp, xmlreport
 
 log = logging.getLogger("authmilter.reports")
 
@@ -31,7 +31,7 @@ EX_TEMPFAIL = 75
 _DAY = re.compile(r"[0-9]{4}-[0-9]{2}-[0-9]{2}")
 
 
-class DayError(ValueError):
+class DayError(AuthmilterError, ValueError):
     """A --day that is not a usable day (the CLI turns it into a usage error)."""
 
 
@@ -54,7 +54,7 @@ def utc_day(now: float) -> str:
 # ---------------------------------------------------------------- send
 
 def send_command(cfg: Config, *, day: str | None, dry_run: str | None, out: TextIO = sys.stdout,
-                 clock: Callable[[], float] = time.time, transport: send.Transport | None = None) -> int:
+                 clock: Callable[[], float] = time.time, transport: smtp.Transport | None = None) -> int:
     from authmilter.reports.store import StoreError, open_store
 
     section = cfg.reports
@@ -83,14 +83,14 @@ def _send(cfg: Config, store, day: str | None, out: TextIO, clock, transport) ->
 
     resolver = Resolver(cfg.dns)
     own_transport = transport is None
-    transport = transport or send.SmtpTransport(cfg.reports.smtp_host, cfg.reports.smtp_port,
+    transport = transport or smtp.SmtpTransport(cfg.reports.smtp_host, cfg.reports.smtp_port,
                                                 cfg.reports.smtp_timeout)
     try:
         sender = send.Sender(cfg, store, transport, resolver.for_message, clock=clock)
         results = sender.run_day(day) if day is not None else sender.run()
         if any(result.status in ("sent", "failed") for result in results):
             # Only when mail went out (or tried to): an hourly run with nothing to send stays quiet.
-            warning = send.check_from_spf(cfg, resolver.for_message())
+            warning = fromspf.check_from_spf(cfg, resolver.for_message())
             if warning:
                 log.warning("reports send: %s (RFC 9990: report mail must pass DMARC aligned)", warning)
         pruned = store.prune(cfg.reports.keep_days)

@@ -18,6 +18,7 @@ from urllib.parse import unquote
 from authmilter.checks.dmarc.orgdomain import PolicyLookups, TemporaryFailure, organizational_domain
 from authmilter.checks.dmarc.record import is_dmarc_record, parse_record
 from authmilter.config import OrgDomainMethod
+from authmilter.errors import AuthmilterError
 from authmilter.reports.model import PublishedPolicy
 from authmilter.resolver import DnsClient, Outcome, to_a_labels
 
@@ -163,7 +164,7 @@ def resolve(policy: PublishedPolicy, rua: tuple[str, ...], dns: DnsClient, *, ma
 
 # ---------------------------------------------------------------- RFC 9990 §4
 
-class _Retry(Exception):
+class _Retry(AuthmilterError):
     """A DNS failure while verifying: the report waits for a later run."""
 
 

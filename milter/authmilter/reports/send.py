@@ -24,20 +24,19 @@ import email.utils
 import logging
 import multiprocessing
 import os
-import smtplib
-import socket
 import threading
 import time
 from collections import deque
 from concurrent.futures import Future, ProcessPoolExecutor
 from dataclasses import dataclass
-from typing import Callable, Protocol
+from typing import Callable
 
 from authmilter.config import Config
 from authmilter.reports import destinations, mail, xmlreport
 from authmilter.reports.model import DomainDay
+from authmilter.reports.smtp import SendError, Transport
 from authmilter.reports.store import StoreError
-from authmilter.resolver import DnsClient, Outcome, to_a_labels
+from authmilter.resolver import DnsClient, to_a_labels
 
 log = logging.getLogger("authmilter.reports")
 
@@ -51,92 +50,6 @@ LOOKAHEAD = 16  # reports built ahead of the one being handed to the MTA
 Clock = Callable[[], float]
 
 
-class SendError(Exception):
-    """The MTA did not take the message (refused it, or could not be reached)."""
-
-
-class Transport(Protocol):
-    def send(self, sender: str, recipients: tuple[str, ...], message: bytes) -> tuple[str, ...]:
-        """Hand one message over; returns the recipients the MTA refused while it accepted others. Raises
-        SendError when it accepted none."""
-        ...
-
-    def close(self) -> None:
-        ...
-
-
-class SmtpTransport:
-    """SMTP to the local MTA, one connection reused for every report of a run (RSET between messages)."""
-
-    def __init__(self, host: str, port: int, timeout: float, *, helo: str | None = None):
-        self.host, self.port, self.timeout = host, port, timeout
-        # socket.getfqdn() (smtplib's default) may ask the DNS; the host name is what we are.
-        self.helo = helo or socket.gethostname()
-        self._smtp: smtplib.SMTP | None = None
-
-    def send(self, sender: str, recipients: tuple[str, ...], message: bytes) -> tuple[str, ...]:
-        for attempt in (1, 2):
-            try:
-                smtp = self._connection()
-                refused = smtp.sendmail(sender, list(recipients), message)
-                return tuple(sorted(refused))
-            except smtplib.SMTPServerDisconnected as exc:
-                self._drop()
-                if attempt == 2:  # a kept connection the MTA closed gets one fresh try
-                    raise SendError(f"{self._where()}: connection lost: {exc}") from None
-            except smtplib.SMTPRecipientsRefused as exc:
-                self._reset()
-                raise SendError(f"{self._where()} refused every recipient: {_replies(exc.recipients)}") from None
-            except smtplib.SMTPResponseException as exc:
-                self._reset()
-                raise SendError(f"{self._where()} refused the message: {exc.smtp_code} "
-                                f"{_text(exc.smtp_error)}") from None
-            except (OSError, smtplib.SMTPException) as exc:
-                self._drop()
-                reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else exc
-                raise SendError(f"{self._where()}: {reason}") from None
-        raise AssertionError("unreachable")
-
-    def close(self) -> None:
-        if self._smtp is not None:
-            try:
-                self._smtp.quit()
-            except (OSError, smtplib.SMTPException):
-                pass
-            self._drop()
-
-    def _connection(self) -> smtplib.SMTP:
-        if self._smtp is None:
-            self._smtp = smtplib.SMTP(self.host, self.port, local_hostname=self.helo, timeout=self.timeout)
-        return self._smtp
-
-    def _reset(self) -> None:
-        try:
-            if self._smtp is not None:
-                self._smtp.rset()
-        except (OSError, smtplib.SMTPException):
-            self._drop()
-
-    def _drop(self) -> None:
-        if self._smtp is not None:
-            try:
-                self._smtp.close()
-            finally:
-                self._smtp = None
-
-    def _where(self) -> str:
-        return f"MTA {self.host}:{self.port}"
-
-
-def _text(raw: bytes | str) -> str:
-    text = raw.decode("utf-8", "replace") if isinstance(raw, bytes) else str(raw)
-    return " ".join(text.split())[:300]
-
-
-def _replies(recipients: dict) -> str:
-    return "; ".join(f"{rcpt}: {code} {_text(text)}" for rcpt, (code, text) in sorted(recipients.items()))
-
-
 # ---------------------------------------------------------------- the hook for signing (issue 11)
 
 def sign(message: bytes, cfg: Config) -> bytes:
@@ -144,7 +57,7 @@ def sign(message: bytes, cfg: Config) -> bytes:
 
     Issue 11 puts the DKIM signature of the From domain here (RFC 9990 wants report mail to pass DMARC aligned,
     and a signature keeps that through forwarding). Until then reports go out unsigned and pass through SPF of
-    from_address's domain, which `reports send` checks (check_from_spf). Because the result is stored, a
+    from_address's domain, which `reports send` checks (fromspf.py). Because the result is stored, a
     resend carries the same signature byte for byte.
     """
     return message
@@ -375,47 +288,3 @@ def recipients_of(message: bytes) -> tuple[str, ...]:
     """The To addresses of a built message: a resend goes to whom the stored bytes say, nobody else."""
     headers = email.parser.BytesHeaderParser().parsebytes(message)
     return tuple(address for _, address in email.utils.getaddresses(headers.get_all("To", [])) if address)
-
-
-# ---------------------------------------------------------------- the From domain's SPF (RFC 9990: pass aligned)
-
-# Mechanisms that can designate some host. A record with none of them (only "all" with -, ~ or ?) passes nobody.
-_DESIGNATING = ("a", "mx", "ip4", "ip6", "include", "exists", "ptr")
-
-
-def check_from_spf(cfg: Config, dns: DnsClient) -> str:
-    """A warning when the From domain's SPF cannot let report mail pass aligned, else "".
-
-    What is checked, through our DNS layer: the TXT records at from_address's domain hold exactly one v=spf1
-    record, and that record has a mechanism that can designate some host (a, mx, ip4, ip6, include, exists,
-    ptr), a redirect=, or +all. Whether it designates this very host is not checked: that depends on the
-    address the MTA sends from, which the sender cannot see.
-    """
-    domain = reporter_of(cfg).domain
-    answer = dns.query(domain, "TXT")
-    if answer.outcome.is_temporary:
-        return f"could not check the SPF record of {domain} ({answer.problem})"
-    records = []
-    if answer.outcome is Outcome.ANSWER:
-        for raw in answer.records:
-            text = raw.decode("utf-8", "replace") if isinstance(raw, bytes) else str(raw)
-            terms = text.split()
-            if terms and terms[0].lower() == "v=spf1":
-                records.append(terms[1:])
-    if not records:
-        return (f"{domain} (the domain of [reports] from_address) has no SPF record: report mail can only pass "
-                f"DMARC there through a DKIM signature")
-    if len(records) > 1:
-        return f"{domain} has {len(records)} SPF records (RFC 7208 §4.5: permerror): report mail cannot pass SPF"
-    for term in records[0]:
-        lowered = term.lower()
-        name = lowered.lstrip("+-~?").split(":", 1)[0].split("/", 1)[0].split("=", 1)[0]
-        qualifier = lowered[0] if lowered[:1] in "+-~?" else "+"
-        if lowered.startswith("redirect="):
-            return ""
-        if name in _DESIGNATING and qualifier == "+":
-            return ""
-        if name == "all" and qualifier == "+":
-            return ""
-    return (f"the SPF record of {domain} designates no host (only {' '.join(records[0]) or 'nothing'}): "
-            f"report mail cannot pass SPF")
