@@ -9,6 +9,10 @@ CONFIG ?= config/authmilter.ini
 DEBIAN_PACKAGES := postfix nsd unbound libmilter-dev gcc python3-dev python3-venv iproute2 ldnsutils dnsutils procps openssl
 # `make deb` and its tests (tests/test_packaging.py): the Debian tool chain, lintian, and groff for the man pages.
 DEBIAN_PACKAGES += debhelper dpkg-dev lintian groff-base
+# faketime: the end-to-end report test runs `reports send` a day later, so the day it recorded is over.
+# postgresql: the report store tests run a private cluster as `nobody` (testlab/postgres.py); no system cluster is
+# created (the install recipe preseeds postgresql-common/create_main_cluster to false).
+DEBIAN_PACKAGES += faketime postgresql
 STAMP_DEB := $(VENV)/.debian-packages
 STAMP_PY := $(VENV)/.installed
 
@@ -25,6 +29,7 @@ $(STAMP_DEB): Makefile
 	if [ -n "$$missing" ]; then \
 	  echo "installing Debian packages:$$missing"; \
 	  echo "postfix postfix/main_mailer_type select No configuration" | debconf-set-selections; \
+	  echo "postgresql-common postgresql-common/create_main_cluster boolean false" | debconf-set-selections; \
 	  apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends $$missing; \
 	fi
 	@mkdir -p $(VENV) && touch $@
@@ -67,6 +72,7 @@ bench: deps
 	  apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends $$missing; \
 	fi
 	$(PY) -m bench $(BENCH_ARGS)
+	$(PY) -m bench.reports
 
 # The Debian package, left in this checkout (README, "Debian package"). debian/rules builds the virtual environment it
 # ships from PyPI at the versions of debian/venv-requirements.txt; pip's cache stays inside the checkout (the

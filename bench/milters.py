@@ -56,7 +56,7 @@ def _spawn(argv: list[str], log: Path, **kwargs) -> subprocess.Popen:
 
 
 def authmilter_config(workdir: Path, socket_spec: str, nameserver: str, *, cpu: str = "auto",
-                      metrics_listen: str = "") -> Path:
+                      metrics_listen: str = "", reports: bool = False) -> Path:
     config = workdir / "authmilter.ini"
     metrics = f"\n[metrics]\nlisten = {metrics_listen}\n" if metrics_listen else ""
     config.write_text(f"""[milter]
@@ -76,15 +76,25 @@ networks =
 [log]
 level = info
 {metrics}""")
+    if reports:  # DMARC aggregate reports recorded into a SQLite store in the workdir
+        with config.open("a") as handle:
+            handle.write(f"""
+[reports]
+enabled = yes
+org_name = bench
+from_address = dmarc@bench.example
+database = {workdir / 'reports.sqlite'}
+journal = {workdir / 'reports.journal'}
+""")
     return config
 
 
 def start_authmilter(workdir: Path, nameserver: str, *, inet_port: int | None = None,
-                     cpu: str = "auto", metrics: bool = False) -> RunningMilter:
+                     cpu: str = "auto", metrics: bool = False, reports: bool = False) -> RunningMilter:
     sock = workdir / "authmilter.sock"
     spec = f"inet:{inet_port}@127.0.0.1" if inet_port else f"unix:{sock}"
     listen = f"127.0.0.1:{free_port()}" if metrics else ""
-    config = authmilter_config(workdir, spec, nameserver, cpu=cpu, metrics_listen=listen)
+    config = authmilter_config(workdir, spec, nameserver, cpu=cpu, metrics_listen=listen, reports=reports)
     log = workdir / "authmilter.log"
     # `timeout` must not stand between us and the milter's PID: we measure the milter's own counters.
     process = subprocess.Popen([sys.executable, "-m", "authmilter", "run", "--config", str(config)],
@@ -94,6 +104,8 @@ def start_authmilter(workdir: Path, nameserver: str, *, inet_port: int | None = 
         return RunningMilter("authmilter-inet", [f"127.0.0.1:{inet_port}"], [process])
     _wait_for_socket(sock, process, log)
     name = "authmilter" if cpu == "auto" else f"authmilter cpu={cpu}"
+    if reports:
+        name += " reports=on"
     if metrics:
         return RunningMilter(f"{name}+metrics", [str(sock)], [process], f"http://{listen}/metrics")
     return RunningMilter(name, [str(sock)], [process])

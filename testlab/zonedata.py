@@ -107,7 +107,13 @@ def auth_records() -> dict[str, list[str]]:
     return authzones.auth_records()
 
 
-AREAS = (spf_records, ptr_records, lab_records, auth_records)
+def report_records() -> dict[str, list[str]]:
+    """DMARC aggregate report scenarios: testlab/reportzones.py (imported here for the same reason)."""
+    from testlab import reportzones
+    return reportzones.report_records()
+
+
+AREAS = (spf_records, ptr_records, lab_records, auth_records, report_records)
 
 
 def all_zones() -> list[Zone]:

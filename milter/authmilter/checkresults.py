@@ -8,6 +8,7 @@ instead of naming them.
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Protocol
@@ -57,6 +58,16 @@ class Results:
             if step.name == name:
                 return step.value
         return None
+
+    def with_outputs(self, **outputs: Any) -> Results:
+        """A copy with the named steps' outputs replaced (each must be a step of these results); the DNSSEC
+        summary is recomputed."""
+        unknown = set(outputs) - {step.name for step in self.steps}
+        if unknown:
+            raise KeyError(f"no such step(s) {sorted(unknown)}")
+        steps = tuple(dataclasses.replace(step, value=outputs[step.name]) if step.name in outputs else step
+                      for step in self.steps)
+        return dataclasses.replace(self, steps=steps, dnssec=dnssec_summary(steps))
 
     def methods(self) -> Iterator[MethodResult]:
         """The results that were produced and are shown, in table order."""

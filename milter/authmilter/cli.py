@@ -1,7 +1,8 @@
 """The `authmilter` command: run the milter, validate a config, or judge one message offline.
 
 Exit statuses (sysexits.h where one fits): 0 accept / OK, 1 reject, 2 tempfail, 3 quarantine, 64 usage error,
-70 internal error, 71 cannot listen, 78 bad configuration.
+70 internal error, 71 cannot listen, 75 try again later (`reports send`: a report not sent now), 78 bad
+configuration.
 """
 
 from __future__ import annotations
@@ -76,6 +77,20 @@ def build_parser() -> argparse.ArgumentParser:
     check.add_argument("message", nargs="?", metavar="MESSAGE-FILE|-",
                        help="the message (headers and body); '-' reads standard input; none: a message "
                             "whose only header is From: <MAIL FROM address>")
+
+    reports = commands.add_parser("reports", help="DMARC aggregate reports (RFC 9990): send them, or show "
+                                                  "what would be sent")
+    actions = reports.add_subparsers(dest="reports_command", metavar="ACTION", parser_class=_Parser)
+    actions.required = True
+    send = actions.add_parser("send", help="build and mail the reports of every finished day (the daily timer)")
+    show = actions.add_parser("show", help="a table of the stored days: rows, messages, pass/fail, "
+                                           "destinations, status")
+    for action in (send, show):
+        action.add_argument("--config", "-c", default=DEFAULT_CONFIG_PATH, metavar="FILE",
+                            help=f"configuration file (default {DEFAULT_CONFIG_PATH})")
+        action.add_argument("--day", metavar="YYYY-MM-DD", help="only this UTC day")
+    send.add_argument("--dry-run", metavar="DIR", help="write the .xml.gz files into DIR instead of mailing "
+                                                       "them; nothing in the store changes (--day may be today)")
     return parser
 
 
@@ -119,6 +134,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             return cmd_check_config(args.file)
         if args.command == "run":
             return cmd_run(args.config)
+        if args.command == "reports":
+            return cmd_reports(args)
         return cmd_check(args)
     except UsageError as exc:
         print(f"authmilter {args.command}: {exc}", file=sys.stderr)
@@ -159,6 +176,20 @@ def cmd_run(path: str) -> int:
     cfg = load_config(path)
     daemon.validate_runtime(cfg)
     return daemon.run(path, cfg)
+
+
+def cmd_reports(args: argparse.Namespace) -> int:
+    from authmilter import logsetup
+    from authmilter.reports import commands as reports
+
+    cfg = load_config(args.config)
+    logsetup.configure(cfg.log)
+    try:
+        if args.reports_command == "send":
+            return reports.send_command(cfg, day=args.day, dry_run=args.dry_run)
+        return reports.show_command(cfg, day=args.day)
+    except reports.DayError as exc:
+        raise UsageError(str(exc)) from None
 
 
 def cmd_check(args: argparse.Namespace) -> int:

@@ -372,6 +372,148 @@ class MetricsSection:
                           "(empty: off); anyone who can reach it can read them", parse=parse_listen)
 
 
+# ---------------------------------------------------------------- [reports]: recording (reports-store's keys)
+
+_REPORTER_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
+_ADDRESS = re.compile(r"[^@\s\x00-\x1f\x7f\"<>(),;:\\\[\]]+@[A-Za-z0-9](?:[A-Za-z0-9.-]*[A-Za-z0-9])?")
+
+
+def parse_database(text: str) -> str:
+    """An absolute SQLite file path, or a postgresql:// URL (libpq's connection URI)."""
+    value = text.strip()
+    if value.startswith(("postgresql://", "postgres://")):
+        return value
+    if "://" in value:
+        raise ValueError(f"expected a file path or a postgresql:// URL, got {value.split('://')[0]}://...")
+    if not value.startswith("/"):
+        raise ValueError(f"a SQLite database needs an absolute path, got {value!r}")
+    return value
+
+
+def parse_absolute_path(text: str) -> str:
+    value = text.strip()
+    if not value.startswith("/") or value.endswith("/"):
+        raise ValueError(f"expected an absolute file path, got {value!r}")
+    return value
+
+
+def parse_reporter_id(text: str) -> str:
+    value = text.strip()
+    if value and not _REPORTER_ID.fullmatch(value):
+        raise ValueError(f"expected letters, digits, '.', '-' or '_' (at most 64), got {value!r}")
+    return value
+
+
+def parse_address(text: str) -> str:
+    value = text.strip()
+    if value and not _ADDRESS.fullmatch(value):
+        raise ValueError(f"expected an address such as dmarc-reports@example.org, got {value!r}")
+    return value
+
+
+def parse_mailboxes(text: str) -> tuple[str, ...]:
+    """Addresses (local@domain) and whole domains (@domain), compared case-insensitively."""
+    items = []
+    for item in split_list(text):
+        if not _ADDRESS.fullmatch(item if not item.startswith("@") else "x" + item):
+            raise ValueError(f"expected local@domain or @domain, got {item!r}")
+        items.append(item.lower())
+    return tuple(items)
+
+
+# [reports]: sending (reports-send's keys)
+_HOST_NAME = re.compile(r"[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?(?:\.[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?)*")
+
+
+def parse_smtp_host(text: str) -> str:
+    """A host name or an IP address (the MTA that takes the reports; loopback unless you relay elsewhere)."""
+    value = text.strip()
+    try:
+        return str(ipaddress.ip_address(value.strip("[]")))
+    except ValueError:
+        pass
+    if not _HOST_NAME.fullmatch(value) or len(value) > 253:
+        raise ValueError(f"expected a host name or an IP address, got {value!r}")
+    return value
+
+
+def parse_suppress(text: str) -> tuple[str, ...]:
+    """Addresses (local@domain) and domains (example.org: it and its subdomains), compared case-insensitively."""
+    items = []
+    for item in split_list(text):
+        lowered = item.lower().removeprefix("mailto:")
+        if "@" in lowered:
+            if not _ADDRESS.fullmatch(lowered):
+                raise ValueError(f"expected local@domain or a domain, got {item!r}")
+        elif not _HOST_NAME.fullmatch(lowered.strip(".")):
+            raise ValueError(f"expected local@domain or a domain, got {item!r}")
+        items.append(lowered)
+    return tuple(items)
+
+
+def parse_port(text: str) -> int:
+    return _parse_port(text.strip(), text.strip())
+
+
+@dataclass(frozen=True, slots=True)
+class ReportsSection:
+    enabled: bool = key(False, "record every DMARC-evaluated message for aggregate reports (RFC 9990)")
+    database: str = key("/var/lib/authmilter/reports.sqlite", "SQLite file (created on first use), or a "
+                        "postgresql:// URL shared by a fleet of MX hosts", parse=parse_database)
+    org_name: str = key("", "the reporting organization named in every report (RFC 9990 org_name); "
+                            "required when enabled")
+    from_address: str = key("", "From address of report mail; its domain must pass DMARC aligned where the "
+                                "reports arrive (RFC 9990 §3.5); required when enabled", parse=parse_address)
+    reporter_id: str = key("", "this host's name in the store: unique per host of a fleet "
+                               "(empty: the host name)", parse=parse_reporter_id)
+    envelope_to: bool = key(False, "record the envelope recipient domain in each row (it reveals who gets mail)")
+    flush_seconds: float = key(5.0, "seconds between the writer's transactions (the most a kill -9 can lose)",
+                               minimum=0.5, maximum=300)
+    queue_size: int = key(10000, "messages waiting for the writer thread; past this they are dropped, "
+                                 "counted and logged (the reply is never delayed)", minimum=100)
+    max_rows_per_domain_day: int = key(10000, "distinct rows per policy domain and day; the excess is counted "
+                                              "in one overflow row", minimum=10)
+    journal: str = key("/var/lib/authmilter/reports.journal", "where counts wait while the store cannot be "
+                                                              "reached (replayed when it is back)",
+                       parse=parse_absolute_path)
+    grace_hours: float = key(1.0, "hours after the end of a UTC day before its reports are built",
+                             minimum=0, maximum=72)
+    silent_reporter_hours: float = key(12.0, "a fleet host that has not written for this long is not waited "
+                                             "for", minimum=1)
+    keep_days: int = key(14, "days rows are kept once their report is sent (or needed none)", minimum=1)
+    report_mailboxes: tuple[str, ...] = key((), "our own report mailboxes (local@domain or @domain): mail to "
+                                                "them never triggers a report (report loops)",
+                                            parse=parse_mailboxes)
+    report_rejects_only: bool = key(False, "yes: a domain whose only mail we rejected also gets a report "
+                                           "(no: spammers publish rua= to learn which receivers exist)")
+    # sending (`authmilter reports send`)
+    contact: str = key("", "extra contact information in every report (RFC 9990 extra_contact_info), e.g. a "
+                           "web page or a phone number")
+    smtp_host: str = key("127.0.0.1", "the MTA that takes report mail by SMTP (the sendmail command fails "
+                                      "under NoNewPrivileges=)", parse=parse_smtp_host)
+    smtp_port: int = key(25, "its port", parse=parse_port)
+    smtp_timeout: float = key(60.0, "seconds to wait on each SMTP step", minimum=1, maximum=600)
+    max_rua: int = key(3, "rua= addresses a report goes to, in the order published; the rest are ignored",
+                       minimum=1, maximum=20)
+    suppress: tuple[str, ...] = key((), "addresses (local@domain) and domains (with their subdomains) that "
+                                        "never get a report", parse=parse_suppress)
+    retry_minutes: int = key(60, "after a failed send (the MTA refused, a DNS error), wait this long before "
+                                 "the next try; the resend is byte for byte the same message", minimum=1)
+    give_up_days: int = key(3, "a report still not sent this many days after its day ended is given up "
+                               "(logged; its rows are then pruned like those of a sent report)", minimum=1)
+
+    def problems(self) -> tuple[tuple[str, str], ...]:
+        """(key, reason) for combinations no single key can refuse."""
+        if not self.enabled:
+            return ()
+        return tuple((name, "required when enabled = yes") for name in ("org_name", "from_address")
+                     if not getattr(self, name))
+
+    @property
+    def reporter(self) -> str:
+        return self.reporter_id or socket.gethostname()
+
+
 @dataclass(frozen=True, slots=True)
 class Config:
     milter: MilterSection = field(default_factory=MilterSection)
@@ -387,6 +529,7 @@ class Config:
     forwarders: ForwardersSection = field(default_factory=ForwardersSection)
     sender: SenderSection = field(default_factory=SenderSection)
     metrics: MetricsSection = field(default_factory=MetricsSection)
+    reports: ReportsSection = field(default_factory=ReportsSection)
     source: str = DEFAULTS_SOURCE
     # Where the values came from; not part of what a config means, so two configs with the same values are equal.
     dropins: tuple[str, ...] = field(default=(), compare=False)   # conf.d files read after `source`, in order
@@ -481,6 +624,13 @@ def _build_config(source: str, files: list[IniFile], problems: list[str]) -> Con
     if problems:
         raise ConfigError("\n".join(problems))
     sections = {name: SECTIONS[name](**values) for name, values in merged.items()}
+    # Combinations no single key can refuse (a section's problems()), named by the file that set the section.
+    for name, section in sections.items():
+        for key_name, reason in getattr(section, "problems", tuple)():
+            where = origins.get(f"{name}.{key_name}") or origins.get(f"{name}.enabled") or source
+            problems.append(f"{where}: [{name}] {key_name}: {reason}")
+    if problems:
+        raise ConfigError("\n".join(problems))
     return Config(**sections, source=source, dropins=tuple(ini.source for ini in files[1:]),
                   origins=MappingProxyType(origins))
 

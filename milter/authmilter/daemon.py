@@ -41,6 +41,7 @@ MILTER_NAME = "authmilter"
 
 SOCKET_DIRECTORY_MODE = 0o750  # as systemd/authmilter.tmpfiles creates it
 
+
 # How often the main thread wakes to notice the worker ending; signals interrupt the wait anyway.
 _POLL_SECONDS = 0.5
 # How often a stop looks whether the transactions in flight are answered (nothing signals the end of one).

@@ -37,12 +37,17 @@ def build_observers(cfg: Config, previous: Runtime | None = None, *, serving: bo
     counts: `authmilter check` judges a test message, which must reach no metric and no report."""
     from authmilter import metrics
     from authmilter.logline import LogLineObserver
+    from authmilter.reports.writer import report_observers
+
+    from authmilter.reports.writer import report_observers
 
     observers: list[Observer] = [LogLineObserver()]
     if serving:
+        kept = previous.observers if previous is not None else ()
         counted = metrics.observer_for(cfg, previous.observers if previous is not None else None)
         if counted is not None:
             observers.append(counted)
+        observers.extend(report_observers(cfg, kept))
     return tuple(observers)
 
 
