@@ -27,6 +27,7 @@ from authmilter.context import Connection, Envelope, Header, Message, MessageCon
 # The decision lives in judge.py, shared with `authmilter check`.
 from authmilter.judge import AR_NAME, RECEIVED_SPF_NAME, Judgement, Runtime, RuntimeRef, judge, strip_brackets
 from authmilter.results import Action, Verdict
+from authmilter.signing.signer import SigningSession, start_session
 
 log = logging.getLogger("authmilter")
 
@@ -62,7 +63,7 @@ class _Transaction:
     """Facts of one transaction, renewed at MAIL FROM (aiosmtpd's Envelope). Mutable until end-of-message."""
 
     __slots__ = ("runtime", "mail_from", "rcpts", "headers", "header_bytes", "truncated", "ar_count",
-                 "forged_ar", "body", "queue_id", "failed_stage")
+                 "forged_ar", "body", "queue_id", "failed_stage", "signing")
 
     def __init__(self, runtime: Runtime, mail_from: str) -> None:
         self.runtime = runtime
@@ -76,6 +77,7 @@ class _Transaction:
         self.body: BodyStream | None = None  # set at the first body chunk, when the header is complete
         self.queue_id = ""
         self.failed_stage = ""
+        self.signing: SigningSession | None = None  # set at MAIL FROM for a client whose mail we sign
 
 
 # ---------------------------------------------------------------- the milter
@@ -197,6 +199,9 @@ class AuthMilter(Milter.Base):
         tx.mail_from = strip_brackets(str(mailfrom))
         tx.queue_id = self._symbol("{i}") or tx.queue_id
         self._auth_user = self._symbol("{auth_authen}") or None
+        # Signing and verification never both apply: a signing transaction is not verified (signing/decide.py).
+        tx.signing = start_session(tx.runtime.keyring, tx.runtime.cfg.signing, self._client_ip, self._auth_user,
+                                   tx.mail_from)
 
     def _on_header(self, name, value) -> None:
         tx = self._transaction()
@@ -221,7 +226,12 @@ class AuthMilter(Milter.Base):
         tx.headers.append(header)
 
     def _on_body(self, chunk) -> None:
-        self._body_stream(self._transaction()).update(chunk)
+        tx = self._transaction()
+        if tx.signing is not None:
+            tx.signing.begin_body(tx.headers, tx.truncated)
+            tx.signing.update(chunk)
+            return
+        self._body_stream(tx).update(chunk)
 
     def _body_stream(self, tx: _Transaction) -> BodyStream:
         """Made once the header is complete (the first body chunk, or end-of-message for an empty body)."""
@@ -251,6 +261,8 @@ class AuthMilter(Milter.Base):
     def _on_eom(self, tx: _Transaction) -> int:
         started = self._clock()
         tx.queue_id = self._queue_id(tx)
+        if tx.signing is not None:
+            return self._sign(tx, started)
         runtime = tx.runtime
         ctx = MessageContext(
             self._connection(),
@@ -262,6 +274,15 @@ class AuthMilter(Milter.Base):
         elapsed_ms = (self._clock() - started) * 1000.0
         log.info("%s", logline.format_line(ctx, judgement.results, judgement.verdict, elapsed_ms))
         return self._apply(judgement, tx)
+
+    def _sign(self, tx: _Transaction, started: float) -> int:
+        outcome = tx.signing.finish(self._wallclock(), tx.headers, tx.truncated)
+        self._remove_forged(tx)
+        for name, value in outcome.milter_headers(bool(self._protocol & Milter.P_HDR_LEADSPC)):
+            self.addheader(name, value, 0)
+        env = Envelope(tx.mail_from, tuple(tx.rcpts), tx.queue_id)
+        log.info("%s", outcome.log_line(self._connection(), env, (self._clock() - started) * 1000.0))
+        return Milter.ACCEPT
 
     def _apply(self, judgement: Judgement, tx: _Transaction) -> int:
         verdict = judgement.verdict

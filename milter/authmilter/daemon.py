@@ -8,6 +8,7 @@ process to its main thread when that thread does not block it, so these reach Py
 
 from __future__ import annotations
 
+import dataclasses
 import errno
 import grp
 import logging
@@ -22,6 +23,8 @@ from authmilter import adapter, cpu, logsetup
 from authmilter.config import Config, load_config
 from authmilter.errors import ConfigError
 from authmilter.judge import build_runtime
+from authmilter.signing.check import KeyWatch
+from authmilter.signing.keys import load_keyring
 
 log = logging.getLogger("authmilter")
 
@@ -47,6 +50,7 @@ def validate_runtime(cfg: Config) -> None:
     problem = cpu.check_cpu(section.cpu)
     if problem:
         raise ConfigError(f"{cfg.source}: [milter] cpu: {problem}")
+    load_keyring(cfg)  # [signing] key files: type, permissions and contents, refused with the file and reason
 
 
 def socket_kind(spec: str) -> str:
@@ -154,16 +158,17 @@ def wake_listener(spec: str) -> None:
 class Reloader:
     """Re-reads the config file; a bad new file is logged and the running config kept."""
 
-    def __init__(self, path: str, ref: adapter.RuntimeRef) -> None:
+    def __init__(self, path: str, ref: adapter.RuntimeRef, key_watch: KeyWatch | None = None) -> None:
         self.path = path
         self.ref = ref
+        self.key_watch = key_watch
 
     def reload(self) -> bool:
         old = self.ref.current
         try:
             cfg = load_config(self.path)
             validate_runtime(cfg)
-            runtime = build_runtime(cfg, old)
+            runtime = dataclasses.replace(build_runtime(cfg, old), keyring=load_keyring(cfg))
         except ConfigError as exc:
             log.error("reload refused, keeping the running configuration: %s", exc)
             return False
@@ -178,6 +183,8 @@ class Reloader:
                         cfg.milter.cpu, old.cfg.milter.cpu)
         logsetup.configure(cfg.log)
         self.ref.current = runtime  # new transactions see it from their MAIL FROM on
+        if cfg.signing.keys != old.cfg.signing.keys and self.key_watch is not None:
+            self.key_watch.recheck()
         if runtime.resolver is not old.resolver:
             # Messages in flight may still use the old resolver: close it once they are surely done.
             grace = old.cfg.dns.message_deadline + 5
@@ -201,7 +208,7 @@ def run(config_path: str, cfg: Config) -> int:
     """Serve until stopped. cfg is already loaded and validated (cli.py reports ConfigError with exit 78)."""
     logsetup.configure(cfg.log)
     pinned = cpu.pin(cfg.milter.cpu)  # before libmilter starts any thread: they inherit it
-    ref = adapter.RuntimeRef(build_runtime(cfg))
+    ref = adapter.RuntimeRef(dataclasses.replace(build_runtime(cfg), keyring=load_keyring(cfg)))
     spec = cfg.milter.socket
     try:
         if socket_kind(spec) == "unix":
@@ -221,7 +228,8 @@ def run(config_path: str, cfg: Config) -> int:
         _close_quietly(ref.current.resolver)
         return EX_OSERR
 
-    reloader = Reloader(config_path, ref)
+    key_watch = KeyWatch(lambda: ref.current).start()  # logs unpublished or mismatched signing keys, daily
+    reloader = Reloader(config_path, ref, key_watch)
     requests: list[str] = []
     previous = {sig: signal.signal(sig, lambda signum, frame: requests.append(signal.Signals(signum).name))
                 for sig in (signal.SIGUSR1, signal.SIGHUP, signal.SIGTERM, signal.SIGINT)}
@@ -250,6 +258,7 @@ def run(config_path: str, cfg: Config) -> int:
                     stopping = True
                     stop_libmilter(spec)
     finally:
+        key_watch.stop()
         for sig, handler in previous.items():
             signal.signal(sig, handler)
         if socket_kind(spec) == "unix":

@@ -27,6 +27,7 @@ class Runtime:
     cfg: Config
     authserv_id: str
     resolver: object  # authmilter.resolver.Resolver (has for_message() and close())
+    keyring: object = None  # authmilter.signing.keys.Keyring: set by the daemon when [signing] has keys
 
 
 class RuntimeRef:

@@ -20,6 +20,7 @@ class Runtime:
     resolver: object  # authmilter.resolver.Resolver (has for_message() and close())
     observers: tuple[Observer, ...] = ()
     observer_failures: ObserverFailures | None = None
+    keyring: object = None  # authmilter.signing.keys.Keyring: set by the daemon when [signing] has keys
 
 
 class RuntimeRef:
