@@ -16,8 +16,8 @@ from dataclasses import dataclass
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ed25519, rsa
 
-from authmilter.signing.keylines import domain_a_labels, parse_key_line
-from authmilter.signing.keys import MAX_RSA_BITS, MIN_RSA_BITS, SERVICE_USER, KeyLine, load_key, service_gids
+from authmilter.signing.keylines import KeyLine, domain_a_labels, parse_key_line
+from authmilter.signing.keys import MAX_RSA_BITS, MIN_RSA_BITS, SERVICE_USER, load_key, service_gids
 
 DEFAULT_RSA_BITS = 2048   # RFC 8301 §3.2: "Signers SHOULD use RSA keys of at least 2048 bits"
 FILE_MODE = 0o640

@@ -24,7 +24,7 @@ from dataclasses import dataclass, field
 
 from cryptography.exceptions import UnsupportedAlgorithm
 from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import ed25519, padding, rsa
+from cryptography.hazmat.primitives.asymmetric import ec, ed25519, padding, rsa
 from cryptography.hazmat.primitives.asymmetric.utils import Prehashed
 
 from authmilter.errors import ConfigError
@@ -249,7 +249,7 @@ def parse_private_key(data: bytes):
     if label == "ENCRYPTED PRIVATE KEY" or b"Proc-Type: 4,ENCRYPTED" in data:
         raise KeyFileError("encrypted: the milter cannot ask for a passphrase")
     if label not in ("RSA PRIVATE KEY", "PRIVATE KEY"):
-        raise KeyFileError(f"a {label}, not an RSA or Ed25519 private key")
+        raise KeyFileError(f"holds a {label}: DKIM signs with an RSA or Ed25519 private key")
     try:
         private = serialization.load_pem_private_key(data, password=None)
     except (ValueError, TypeError, UnsupportedAlgorithm) as exc:
@@ -263,7 +263,8 @@ def parse_private_key(data: bytes):
         return private
     if isinstance(private, ed25519.Ed25519PrivateKey):
         return private
-    raise KeyFileError(f"a {type(private).__name__.removeprefix('_')} key: DKIM signs with RSA or Ed25519 only")
+    kind = "an EC" if isinstance(private, ec.EllipticCurvePrivateKey) else "another type of"
+    raise KeyFileError(f"holds {kind} private key: DKIM signs with RSA or Ed25519 only")
 
 
 def _dkimpy_ed25519_seed(data: bytes):
