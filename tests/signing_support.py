@@ -52,7 +52,14 @@ def dkimpy_results(message: bytes, zone: dict[str, str]) -> list[bool]:
     head = message.split(b"\r\n\r\n", 1)[0]
     count = len(re.findall(rb"(?im)^dkim-signature:", head))
     dnsfunc = txt_records(message, zone)
-    return [dkimpy.DKIM(message).verify(idx=index, dnsfunc=dnsfunc) for index in range(count)]
+    return [_verify(message, index, dnsfunc) for index in range(count)]
+
+
+def _verify(message: bytes, index: int, dnsfunc) -> bool:
+    try:
+        return dkimpy.DKIM(message).verify(idx=index, dnsfunc=dnsfunc)
+    except dkimpy.DKIMException:  # dkimpy 1.1.8 raises a body hash mismatch instead of returning False
+        return False
 
 
 def signature_tags(message: bytes, index: int = 0) -> dict[str, str]:
