@@ -6,7 +6,8 @@ PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
 CONFIG ?= config/authmilter.ini
-DEBIAN_PACKAGES := postfix nsd unbound libmilter-dev gcc python3-dev python3-venv iproute2 ldnsutils dnsutils procps openssl
+DEBIAN_PACKAGES := postfix nsd unbound libmilter-dev gcc python3-dev python3-venv iproute2 ldnsutils dnsutils procps openssl \
+	opendkim-tools
 STAMP_DEB := $(VENV)/.debian-packages
 STAMP_PY := $(VENV)/.installed
 
