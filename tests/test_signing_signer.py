@@ -226,3 +226,12 @@ def test_sign_message_leaves_a_message_of_another_domain_unsigned(keys):
     assert sign_message(raw, config(keys), now=NOW) == raw
     no_keys = signing_config("example.org r " + str(keys["rsa"]))
     assert sign_message(raw.replace(b"\r\n", b"\n"), no_keys, now=NOW) == raw
+
+
+def test_header_list_stays_bounded_whatever_the_header_holds(keys):
+    lists = "".join(f"List-X{n}: x\r\n" for n in range(50))
+    raw = ("From: alice@example.org\r\n" + "To: b@example.net\r\n" * 40 + lists + "\r\nbody\r\n").encode()
+    _, signed = sign_streamed(config(keys, ["r"]), raw)
+    names = signature_tags(signed)["h"].split(":")
+    assert names.count("to") == 20 and len([n for n in names if n.startswith("list-")]) == 10
+    assert dkimpy_results(signed, ZONE) == [True]

@@ -45,6 +45,7 @@ SIGNED_FIELDS = (
 OVERSIGNED_FIELDS = (b"from", b"subject")
 LIST_PREFIX = b"list-"  # RFC 2369 / RFC 2919 List-* fields, signed when present (a list signing its own mail)
 MAX_PER_FIELD = 20      # occurrences of one field we sign; the header byte cap bounds the rest
+MAX_LIST_FIELDS = 10    # distinct List-* names signed (RFC 2369 and RFC 2919 define eight)
 _FIELD_NAME = re.compile(rb"[!-9;-~]+")  # RFC 5322 §3.6.8 ftext
 FOLD_WIDTH = 76         # RFC 5322 §2.1.1: lines SHOULD be at most 78 characters
 B64_LINE = 72
@@ -176,7 +177,7 @@ def signed_field_names(headers: Sequence[Header]) -> tuple[bytes, ...]:
         if name != header.name.lower() or not _FIELD_NAME.fullmatch(name):
             continue  # a name with blanks before its colon (obsolete syntax): verifiers would not find it
         counts[name] += 1
-        if name.startswith(LIST_PREFIX):
+        if name.startswith(LIST_PREFIX) and len(lists) < MAX_LIST_FIELDS:
             lists[name] = None
     names: list[bytes] = []
     for name in (*SIGNED_FIELDS, *lists):
