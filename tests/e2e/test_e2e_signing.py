@@ -28,14 +28,17 @@ AUTHOR = f"author@{DKIM_DOMAIN}"
 CANONS = ("relaxed/relaxed", "simple/simple")
 
 
-@pytest.fixture(scope="module")
-def signing(lab):
-    """canonicalization -> the name of a signing milter variant (its own Postfix port)."""
-    if shutil.which("opendkim-testmsg") is None:
-        reason = "opendkim-testmsg is not installed (Debian opendkim-tools; `make test` installs it)"
+def _needs(program: str, package: str) -> None:
+    if shutil.which(program) is None:
+        reason = f"{program} is not installed (Debian {package}; `make test` installs it)"
         if os.environ.get("CI"):
             pytest.fail(reason)
         pytest.skip(reason)
+
+
+@pytest.fixture(scope="module")
+def key_lines(lab) -> str:
+    """The [signing] keys value: the lab's keys written as files the way the milter insists on."""
     directory = lab.directory / "signing-keys"
     directory.mkdir(mode=0o700)
     rsa_file, ed_file = directory / "lab-rsa.pem", directory / "lab-ed25519.key"
@@ -43,8 +46,14 @@ def signing(lab):
     ed_file.write_bytes(keys().ed25519.private)
     for path in (rsa_file, ed_file):
         path.chmod(0o600)
-    key_lines = (f"\n    {DKIM_DOMAIN} {SELECTOR} {rsa_file}\n    {DKIM_DOMAIN} ed {ed_file}"
-                 f"\n    example.com {SELECTOR} {rsa_file}")
+    return (f"\n    {DKIM_DOMAIN} {SELECTOR} {rsa_file}\n    {DKIM_DOMAIN} ed {ed_file}"
+            f"\n    example.com {SELECTOR} {rsa_file}")
+
+
+@pytest.fixture(scope="module")
+def signing(lab, key_lines):
+    """canonicalization -> the name of a signing milter variant (its own Postfix port)."""
+    _needs("opendkim-testmsg", "opendkim-tools")
     return {canon: lab.variant(f"signing_{canon.split('/')[0]}", {"signing": {
         "keys": key_lines, "networks": f"{SUBMIT_V4}/32", "canonicalization": canon}}) for canon in CANONS}
 
