@@ -13,6 +13,8 @@ DEBIAN_PACKAGES += debhelper dpkg-dev lintian groff-base
 # postgresql: the report store tests run a private cluster as `nobody` (testlab/postgres.py); no system cluster is
 # created (the install recipe preseeds postgresql-common/create_main_cluster to false).
 DEBIAN_PACKAGES += faketime postgresql
+# opendkim-tools: opendkim-testmsg verifies our signatures in the end-to-end signing tests.
+DEBIAN_PACKAGES += opendkim-tools
 STAMP_DEB := $(VENV)/.debian-packages
 STAMP_PY := $(VENV)/.installed
 

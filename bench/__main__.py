@@ -1,4 +1,5 @@
-"""`make bench`: measure authmilter against the do-nothing pymilter floor and OpenDKIM + OpenDMARC.
+"""`make bench`: measure authmilter against the do-nothing pymilter floor and OpenDKIM + OpenDMARC (verifying),
+and against OpenDKIM and dkimpy-milter signing the same messages (bench/signing.py).
 
 Runs inside a network namespace of its own (created here, removed at the end), so every milter, OpenDKIM's and
 OpenDMARC's resolver included, sends its DNS to our authoritative test server on 127.0.0.1:53 and nowhere else.
@@ -46,6 +47,8 @@ def main(argv: list[str]) -> int:
     parser.add_argument("--no-postfix", action="store_true", help="skip the through-Postfix part")
     parser.add_argument("--no-memory", action="store_true", help="skip the memory cases")
     parser.add_argument("--no-direct", action="store_true", help="skip the direct part")
+    parser.add_argument("--no-signing", action="store_true",
+                        help="skip the signing part (authmilter, OpenDKIM and dkimpy-milter signing the mix)")
     parser.add_argument("--dedicated-cpu", action="store_true",
                         help="through Postfix: the milters on the last CPU, Postfix and the SMTP clients on the others")
     parser.add_argument("--only", action="append", default=[], metavar="MILTER",
@@ -124,6 +127,10 @@ def main(argv: list[str]) -> int:
             overhead = direct.compare(report["direct_summary"], "authmilter", "authmilter+metrics")
             if overhead:
                 print(overhead)
+        if not args.no_signing:
+            from bench import signing
+            report["signing"] = signing.run(Path(tmp), messages, concurrencies=concurrencies, rounds=rounds,
+                                            passes=warm_passes)
         if not args.no_memory:
             from bench import memory
             report["memory"] = memory.run(lambda wd: milters.start_authmilter(wd, "127.0.0.1:53"), Path(tmp),

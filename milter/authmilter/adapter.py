@@ -30,6 +30,7 @@ from authmilter.judge import Judgement, judge_message, judge_recipient
 from authmilter.results import Action, Verdict
 from authmilter.runtime import Runtime, RuntimeRef
 from authmilter.sessions import Sessions
+from authmilter.signing.signer import SigningSession, start_session
 
 log = logging.getLogger("authmilter")
 
@@ -65,7 +66,7 @@ class _Transaction:
     """Facts of one transaction, renewed at MAIL FROM (aiosmtpd's Envelope). Mutable until end-of-message."""
 
     __slots__ = ("runtime", "mail_from", "rcpts", "headers", "header_bytes", "truncated", "ar_count",
-                 "forged_ar", "body", "queue_id", "failed_stage", "after_stop")
+                 "forged_ar", "body", "queue_id", "failed_stage", "after_stop", "signing")
 
     def __init__(self, runtime: Runtime, mail_from: str, *, after_stop: bool = False) -> None:
         self.runtime = runtime
@@ -80,6 +81,7 @@ class _Transaction:
         self.body: BodyStream | None = None  # set at the first body chunk, when the header is complete
         self.queue_id = ""
         self.failed_stage = ""
+        self.signing: SigningSession | None = None  # set at MAIL FROM for a client whose mail we sign
 
 
 # ---------------------------------------------------------------- the milter
@@ -224,6 +226,9 @@ class AuthMilter(Milter.Base):
         tx.mail_from = bare_address(str(mailfrom))
         tx.queue_id = self._symbol("{i}") or tx.queue_id
         self._auth_user = self._symbol("{auth_authen}") or None
+        # Signing and verification never both apply: a signing transaction is not verified (signing/decide.py).
+        tx.signing = start_session(tx.runtime.keyring, tx.runtime.cfg.signing, self._client_ip, self._auth_user,
+                                   tx.mail_from)
 
     def _on_header(self, name, value) -> None:
         tx = self._transaction()
@@ -248,7 +253,12 @@ class AuthMilter(Milter.Base):
         tx.headers.append(header)
 
     def _on_body(self, chunk) -> None:
-        self._body_stream(self._transaction()).update(chunk)
+        tx = self._transaction()
+        if tx.signing is not None:
+            tx.signing.begin_body(tx.headers, tx.truncated)
+            tx.signing.update(chunk)
+            return
+        self._body_stream(tx).update(chunk)
 
     def _body_stream(self, tx: _Transaction) -> BodyStream:
         """Made once the header is complete (the first body chunk, or end-of-message for an empty body)."""
@@ -277,6 +287,8 @@ class AuthMilter(Milter.Base):
     def _on_eom(self, tx: _Transaction) -> int:
         started = self._clock()
         tx.queue_id = self._queue_id(tx)
+        if tx.signing is not None:
+            return self._sign(tx, started)
         runtime = tx.runtime
         ctx = MessageContext(
             self._connection(),
@@ -287,6 +299,15 @@ class AuthMilter(Milter.Base):
         if self._sessions.cut_off:  # stop_timeout ran out while this message was judged (its late lookups failed)
             return self._stop_reply(tx, at_eom=True)
         return self._apply(judgement, tx)
+
+    def _sign(self, tx: _Transaction, started: float) -> int:
+        outcome = tx.signing.finish(self._wallclock(), tx.headers, tx.truncated)
+        self._remove_forged(tx)
+        for name, value in outcome.milter_headers(bool(self._protocol & Milter.P_HDR_LEADSPC)):
+            self.addheader(name, value, 0)
+        env = Envelope(tx.mail_from, tuple(tx.rcpts), tx.queue_id)
+        log.info("%s", outcome.log_line(self._connection(), env, (self._clock() - started) * 1000.0))
+        return Milter.ACCEPT
 
     def _apply(self, judgement: Judgement, tx: _Transaction) -> int:
         verdict = judgement.verdict

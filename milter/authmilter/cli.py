@@ -2,7 +2,8 @@
 
 Exit statuses (sysexits.h where one fits): 0 accept / OK, 1 reject, 2 tempfail, 3 quarantine, 64 usage error,
 70 internal error, 71 cannot listen, 75 try again later (`reports send`: a report not sent now), 78 bad
-configuration.
+configuration. `keygen`: 73 the file exists or cannot be created, 77 not allowed to give it to the service's group.
+`keys check`: 1 a key is not published or does not match, 75 only DNS lookups failed.
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ from typing import Sequence
 from authmilter import __version__
 from authmilter.config import DEFAULT_CONFIG_PATH, Config, MilterSection, load_config, parse_nameserver
 from authmilter.errors import AuthmilterError, ConfigError
-from authmilter.exitcodes import EX_CONFIG, EX_OK, EX_OSERR, EX_SOFTWARE, EX_USAGE
+from authmilter.exitcodes import EX_CONFIG, EX_OK, EX_OSERR, EX_SOFTWARE, EX_TEMPFAIL, EX_USAGE
 from authmilter.results import Action
 
 log = logging.getLogger("authmilter")
@@ -91,6 +92,22 @@ def build_parser() -> argparse.ArgumentParser:
         action.add_argument("--day", metavar="YYYY-MM-DD", help="only this UTC day")
     send.add_argument("--dry-run", metavar="DIR", help="write the .xml.gz files into DIR instead of mailing "
                                                        "them; nothing in the store changes (--day may be today)")
+
+    keygen = commands.add_parser("keygen", help="write a new DKIM signing key and print its DNS record")
+    keygen.add_argument("domain", metavar="DOMAIN", help="the domain the key signs for (d=)")
+    keygen.add_argument("--selector", required=True, metavar="SEL", help="the selector (s=), e.g. 2026a")
+    keygen.add_argument("--type", required=True, choices=("rsa", "ed25519"), help="key type")
+    keygen.add_argument("--bits", type=int, metavar="N", help="RSA key size (default 2048)")
+    keygen.add_argument("--out", required=True, metavar="FILE", help="the private key file to create "
+                        "(never overwritten; owner root, the service user's group, mode 0640)")
+
+    keys = commands.add_parser("keys", help="signing keys: keys check")
+    keys_commands = keys.add_subparsers(dest="keys_command", metavar="SUBCOMMAND", parser_class=_Parser)
+    keys_commands.required = True
+    keys_check = keys_commands.add_parser("check", help="is each [signing] key published in DNS, and does it "
+                                                        "match the private key?")
+    keys_check.add_argument("--config", "-c", default=DEFAULT_CONFIG_PATH, metavar="FILE",
+                            help=f"configuration file (default {DEFAULT_CONFIG_PATH})")
     return parser
 
 
@@ -136,6 +153,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             return cmd_run(args.config)
         if args.command == "reports":
             return cmd_reports(args)
+        if args.command == "keygen":
+            return cmd_keygen(args)
+        if args.command == "keys":
+            return cmd_keys_check(args.config)
         return cmd_check(args)
     except UsageError as exc:
         print(f"authmilter {args.command}: {exc}", file=sys.stderr)
@@ -241,6 +262,47 @@ def load_zone(path: str, cfg: Config):
         return ZoneResolver(ZoneData.load(path), cfg.dns)
     except ZoneFileError as exc:
         raise UsageError(f"--zone: {exc}") from None
+
+
+def cmd_keygen(args: argparse.Namespace) -> int:
+    from authmilter.signing.keygen import KeygenError, generate
+
+    try:
+        made = generate(args.domain, args.selector, args.type, args.bits, args.out)
+    except KeygenError as exc:
+        print(f"authmilter keygen: {exc}", file=sys.stderr)
+        return exc.status
+    # Standard output carries only the record, so it can go straight into a zone file.
+    print(made.zone_line)
+    print(f"wrote {made.line.path} ({made.description}, owner {made.owner}, group {made.group}, mode 0640)\n"
+          f"publish the record above, then add to [signing] keys:\n    {made.line}", file=sys.stderr)
+    return EX_OK
+
+
+
+def cmd_keys_check(path: str) -> int:
+    """0: every key published and matching; 1: a key is not; 75: only lookups failed (try again)."""
+    from authmilter import logsetup
+    from authmilter.resolver import Resolver
+    from authmilter.signing.check import check_keyring
+    from authmilter.signing.keys import load_keyring
+
+    cfg = load_config(path)
+    logsetup.configure(cfg.log)
+    keyring = load_keyring(cfg)
+    if keyring is None:
+        print(f"{path}: [signing] keys is empty: nothing signs")
+        return EX_OK
+    resolver = Resolver(cfg.dns)
+    try:
+        checks = check_keyring(keyring, resolver)
+    finally:
+        resolver.close()
+    for check in checks:
+        print(("ok       " if check.ok else "PROBLEM  ") + check.describe())
+    if all(check.ok for check in checks):
+        return EX_OK
+    return EX_TEMPFAIL if all(check.ok or check.published.temporary for check in checks) else 1
 
 
 def _judge_and_print(ctx, runtime) -> int:

@@ -26,6 +26,7 @@ from authmilter.cpu import parse_cpu
 from authmilter.errors import ConfigError
 from authmilter.inifile import Entry, IniFile, inline_comment, read_ini
 from authmilter.results import Action
+from authmilter.signing.keylines import KeyLine, LoginDomains, parse_key_lines, parse_login_domains
 
 DEFAULT_CONFIG_PATH = "/etc/authmilter/authmilter.ini"
 DROPIN_DIRECTORY = "conf.d"
@@ -515,6 +516,24 @@ class ReportsSection:
 
 
 @dataclass(frozen=True, slots=True)
+class SigningSection:
+    keys: tuple[KeyLine, ...] = key((), "private keys to sign with, one per line: DOMAIN SELECTOR KEYFILE "
+                                        "[from=YYYY-MM-DD] (empty: no signing)", parse=parse_key_lines)
+    networks: tuple[IPNetwork, ...] = key(
+        (ipaddress.ip_network("127.0.0.0/8"), ipaddress.ip_network("::1/128")),
+        "comma-separated CIDRs whose mail is signed (not [trust] networks: relays there are never signed)",
+        parse=parse_networks)
+    authenticated: bool = key(True, "sign mail from SASL-authenticated clients (Postfix's {auth_authen})")
+    login_domains: tuple[LoginDomains, ...] = key((), "one LOGIN DOMAIN [DOMAIN...] per line: that login may have "
+                                                      "mail signed for these From domains whatever its MAIL FROM",
+                                                  parse=parse_login_domains)
+    canonicalization: str = key("relaxed/relaxed", "header/body canonicalization of our signatures (RFC 6376 §3.4)",
+                                choices=("relaxed/relaxed", "relaxed/simple", "simple/simple", "simple/relaxed"))
+    expire_days: int = key(0, "days after signing when our signatures expire (x=); 0: no x= tag", minimum=0,
+                           maximum=3650)
+
+
+@dataclass(frozen=True, slots=True)
 class Config:
     milter: MilterSection = field(default_factory=MilterSection)
     dns: DnsSection = field(default_factory=DnsSection)
@@ -528,6 +547,7 @@ class Config:
     srs: SrsSection = field(default_factory=SrsSection)
     forwarders: ForwardersSection = field(default_factory=ForwardersSection)
     sender: SenderSection = field(default_factory=SenderSection)
+    signing: SigningSection = field(default_factory=SigningSection)
     metrics: MetricsSection = field(default_factory=MetricsSection)
     reports: ReportsSection = field(default_factory=ReportsSection)
     source: str = DEFAULTS_SOURCE

@@ -12,6 +12,7 @@ resolver and leaves the process with os._exit (see leave()).
 
 from __future__ import annotations
 
+import dataclasses
 import errno
 import grp
 import logging
@@ -34,6 +35,8 @@ from authmilter.metricsserver import MetricsServer
 from authmilter.observers import close_all
 from authmilter.runtime import Runtime, RuntimeRef, build_runtime
 from authmilter.sessions import Sessions
+from authmilter.signing.check import KeyWatch
+from authmilter.signing.keys import load_keyring
 
 log = logging.getLogger("authmilter")
 
@@ -63,6 +66,7 @@ def validate_runtime(cfg: Config) -> None:
         problems.append(f"{cfg.origin('milter', 'cpu')}: [milter] cpu: {problem}")
     if problems:
         raise ConfigError("\n".join(problems))
+    load_keyring(cfg)  # [signing] key files: type, permissions and contents, refused with the file and reason
 
 
 def socket_kind(spec: str) -> str:
@@ -183,10 +187,12 @@ def end_connections(spec: str) -> int:
 class Reloader:
     """Re-reads the config file; a bad new file is logged and the running config kept."""
 
-    def __init__(self, path: str, ref: RuntimeRef, on_reload: Callable[[bool], None] | None = None) -> None:
+    def __init__(self, path: str, ref: RuntimeRef, on_reload: Callable[[bool], None] | None = None,
+                 key_watch: KeyWatch | None = None) -> None:
         self.path = path
         self.ref = ref
         self.on_reload = on_reload  # told each outcome (the metrics' reload counter)
+        self.key_watch = key_watch  # rechecks the published signing keys when they change
 
     def reload(self) -> bool:
         done = self._reload()
@@ -218,6 +224,8 @@ class Reloader:
                         cfg.metrics.listen or "(off)", old.cfg.metrics.listen or "(off)")
         logsetup.configure(cfg.log)
         self.ref.current = runtime  # new transactions see it from their MAIL FROM on
+        if cfg.signing.keys != old.cfg.signing.keys and self.key_watch is not None:
+            self.key_watch.recheck()
         retired = [observer for observer in old.observers if observer not in runtime.observers]
         if runtime.resolver is not old.resolver or retired:
             # Messages in flight may still use the old resolver and observers: close them once they are surely
@@ -299,7 +307,9 @@ def run(config_path: str, cfg: Config) -> int:
             metrics_server.stop()
         return EX_OSERR
 
-    reloader = Reloader(config_path, ref, on_reload=counted.reloaded if counted is not None else None)
+    key_watch = KeyWatch(lambda: ref.current).start()  # logs unpublished or mismatched signing keys, daily
+    reloader = Reloader(config_path, ref, on_reload=counted.reloaded if counted is not None else None,
+                        key_watch=key_watch)
     requests: list[str] = []
     for sig in (signal.SIGUSR1, signal.SIGHUP, signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda signum, frame: requests.append(signal.Signals(signum).name))
@@ -336,6 +346,7 @@ def run(config_path: str, cfg: Config) -> int:
                 log.warning("libmilter stopped by itself (its signal thread took a stop signal); connections in "
                             "flight were cut")
             _close_quietly(ref.current.resolver)
+        key_watch.stop()
         close_all(ref.current.observers)
         if metrics_server is not None:
             metrics_server.stop()

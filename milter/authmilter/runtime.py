@@ -20,6 +20,8 @@ class Runtime:
     resolver: object  # authmilter.resolver.Resolver (has for_message() and close())
     observers: tuple[Observer, ...] = ()
     observer_failures: ObserverFailures | None = None
+    keyring: object = None  # authmilter.signing.keys.Keyring when [signing] has keys and the daemon serves
+    keyring: object = None  # authmilter.signing.keys.Keyring: set by the daemon when [signing] has keys
 
 
 class RuntimeRef:
@@ -64,4 +66,9 @@ def build_runtime(cfg: Config, previous: Runtime | None = None, *, serving: bool
     else:
         resolver = Resolver(cfg.dns, on_query=metrics.dns_hook(observers))
     failures = previous.observer_failures if previous is not None else None
-    return Runtime(cfg, authserv_id, resolver, observers, failures or ObserverFailures())
+    keyring = None
+    if serving:
+        from authmilter.signing.keys import load_keyring
+
+        keyring = load_keyring(cfg)  # a bad key file is a ConfigError: refused at start, a reload keeps the old
+    return Runtime(cfg, authserv_id, resolver, observers, failures or ObserverFailures(), keyring)

@@ -55,12 +55,17 @@ Clock = Callable[[], float]
 def sign(message: bytes, cfg: Config) -> bytes:
     """The one place where a signer is applied to a built report message, before its bytes are stored and sent.
 
-    Issue 11 puts the DKIM signature of the From domain here (RFC 9990 wants report mail to pass DMARC aligned,
-    and a signature keeps that through forwarding). Until then reports go out unsigned and pass through SPF of
-    from_address's domain, which `reports send` checks (fromspf.py). Because the result is stored, a
-    resend carries the same signature byte for byte.
+    RFC 9990 §3.5 wants report mail to pass DMARC aligned where it arrives: when [signing] has a key for the From
+    domain of [reports] from_address, the report carries its DKIM signature (signing.signer.sign_message), which
+    survives forwarding where SPF does not. Because the result is stored, a resend carries the same signature byte
+    for byte. Without a key, reports rely on SPF for from_address's domain, which `reports send` checks
+    (fromspf.py).
     """
-    return message
+    if not cfg.signing.keys:
+        return message
+    from authmilter.signing.signer import sign_message
+
+    return sign_message(message, cfg)
 
 
 # ---------------------------------------------------------------- one run
