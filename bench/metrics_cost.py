@@ -27,6 +27,7 @@ from authmilter.context import Connection, Envelope, MessageContext  # noqa: E40
 from authmilter.metrics import MetricsObserver  # noqa: E402
 from authmilter.observers import Judged  # noqa: E402
 from authmilter.pipeline import results_of  # noqa: E402
+from authmilter.renderer import collect_entries  # noqa: E402
 from authmilter.resolver import Outcome  # noqa: E402
 from authmilter.results import Action, Status, Verdict  # noqa: E402
 
@@ -46,7 +47,7 @@ def typical() -> Judged:
     results = results_of(iprev=IprevResult(Status.PASS, client_ip="192.0.2.1"), spf=SpfResult(spf, helo),
                       dkim=DkimResult((DkimSignatureResult(Status.PASS, domain="example.org"),)),
                       dmarc=DmarcResult(Status.PASS, from_domain="example.org"), dns_queries=10)
-    return Judged(ctx, results, Verdict(Action.ACCEPT), 1.8)
+    return Judged(ctx, results, Verdict(Action.ACCEPT), 1.8, ar_entries=collect_entries(results))
 
 
 def per_message_us(observer: MetricsObserver, judged: Judged) -> float:

@@ -21,6 +21,7 @@ from authmilter.metrics import MetricsObserver
 from authmilter.observers import Judged
 from authmilter.pipeline import results_of
 from authmilter.resolver import Outcome
+from authmilter.renderer import collect_entries
 from authmilter.results import Action, Status, Verdict
 
 DASHBOARD = Path(__file__).resolve().parent.parent / "contrib" / "grafana" / "authmilter.json"
@@ -43,7 +44,8 @@ def exported() -> dict[str, set[str]]:
     spf = SpfIdentityResult("mailfrom", "a@example.org", "example.org", Status.PASS)
     results = results_of(iprev=IprevResult(Status.PASS), spf=SpfResult(spf, spf), dkim=DkimResult(),
                       dmarc=DmarcResult(Status.PASS), dns_deadline_expired=True)
-    observer.observe(Judged(ctx, results, Verdict(Action.ACCEPT, reason="monitor:dmarc_reject"), 2.0))
+    observer.observe(Judged(ctx, results, Verdict(Action.ACCEPT, reason="monitor:dmarc_reject"), 2.0,
+                            ar_entries=collect_entries(results)))
     observer.observe(Judged(ctx, results_of(), Verdict(Action.REJECT, reason="srs_expired"), 0.1, "x@example.net"))
     observer.dns_query("TXT", Outcome.ANSWER, 0.002)
     observer.dns_query("TXT", Outcome.ANSWER, None)

@@ -18,6 +18,7 @@ from authmilter.checks.dmarc.check import DmarcResult
 from authmilter.checks.iprev import IprevResult
 from authmilter.context import Connection, Envelope, MessageContext
 from authmilter.metrics import MetricsObserver, method_results, split_reason
+from authmilter.renderer import collect_entries
 from authmilter.observers import Judged
 from authmilter.pipeline import results_of
 from authmilter.resolver import Outcome
@@ -39,7 +40,7 @@ def value(samples: dict, name: str, **labels: str) -> float:
 
 def judged(reason: str = "accept", action: Action = Action.ACCEPT, results: Results = results_of(), *,
            refused_rcpt: str | None = None, ms: float = 3.0) -> Judged:
-    return Judged(CTX, results, Verdict(action, reason=reason), ms, refused_rcpt)
+    return Judged(CTX, results, Verdict(action, reason=reason), ms, refused_rcpt, collect_entries(results))
 
 
 @pytest.mark.parametrize("reason, expected", [
@@ -86,11 +87,11 @@ def test_results_as_the_header_counts_them():
                                   DkimSignatureResult(Status.FAIL, domain="evil.example")), skipped=3)
     results = results_of(iprev=IprevResult(Status.PASS, client_ip="192.0.2.1"), dkim=dkim,
                       dmarc=DmarcResult(Status.PASS, from_domain="example.org"))
-    assert list(method_results(results)) == [("iprev", Status.PASS), ("dkim", Status.PASS),
+    assert list(method_results(collect_entries(results))) == [("iprev", Status.PASS), ("dkim", Status.PASS),
                                              ("dkim", Status.FAIL), ("dkim", Status.POLICY),
                                              ("dmarc", Status.PASS)]
-    assert list(method_results(results_of(dkim=DkimResult()))) == [("dkim", Status.NONE)]
-    assert list(method_results(results_of(skipped="authenticated", dkim=dkim))) == []
+    assert list(method_results(collect_entries(results_of(dkim=DkimResult())))) == [("dkim", Status.NONE)]
+    assert list(method_results(collect_entries(results_of(skipped="authenticated", dkim=dkim)))) == []
     observer = MetricsObserver()
     observer.observe(judged(results=results, ms=1500.0))
     samples = scrape(observer)

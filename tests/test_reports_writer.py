@@ -238,3 +238,29 @@ def test_an_unwritable_journal_directory_is_a_config_error(tmp_path):
     blocker.write_text("")
     with pytest.raises(ConfigError, match=r"\[reports\] journal: cannot create"):
         report_observers(reports_cfg(tmp_path, journal=str(blocker / "sub" / "journal")))
+
+
+def test_the_metrics_read_the_report_writers_figures(tmp_path, messages):
+    # runtime.build_observers registers the writer with the metrics: authmilter_report_* follow what it stored.
+    from dataclasses import replace
+
+    from prometheus_client import generate_latest
+
+    from authmilter import metrics
+    from authmilter.runtime import build_observers
+
+    config = reports_cfg(tmp_path)
+    config = replace(config, metrics=replace(config.metrics, listen="127.0.0.1:9"))
+    observers = build_observers(config)
+    counted = metrics.find(observers)
+    recorder = next(o for o in observers if isinstance(o, ReportRecorder))
+    try:
+        for message in messages:
+            recorder.observe(message)
+        wait_for(lambda: recorder.gauges().rows_written == len(messages), "the writer to store the messages")
+        scraped = generate_latest(counted.registry).decode()
+        assert f"authmilter_report_rows_written_total {float(len(messages))}" in scraped
+        assert "authmilter_report_rows_dropped_total 0.0" in scraped
+        assert "authmilter_report_queue_depth 0.0" in scraped
+    finally:
+        recorder.close()

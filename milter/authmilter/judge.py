@@ -17,7 +17,7 @@ from authmilter.context import MessageContext
 from authmilter.config import Config
 from authmilter.observers import Judged, notify
 from authmilter.resolver import DnsClient
-from authmilter.results import Action, Verdict
+from authmilter.results import Action, AREntry, Verdict
 from authmilter.runtime import Runtime
 
 
@@ -26,6 +26,7 @@ class Judgement:
     results: Results
     verdict: Verdict
     headers: tuple[tuple[str, str], ...]   # (name, value) to add, top first; values ready for libmilter
+    ar_entries: tuple[AREntry, ...] = ()   # what the A-R header says, before rendering (for the observers)
 
     def header(self, name: str) -> str:
         """The value of the header we add under `name`, "" when we add none."""
@@ -44,7 +45,8 @@ def judge(ctx: MessageContext, dns: DnsClient, cfg: Config, authserv_id: str, *,
     """Check, decide, render: the pure core of one message, with no observer told (judge_message tells them)."""
     results = pipeline.evaluate(ctx, dns, cfg, now=now)
     verdict = policy.decide(results, ctx, cfg)
-    return Judgement(results, verdict, renderer.render_headers(authserv_id, ctx, results, verdict, cfg))
+    entries = renderer.collect_entries(results, verdict.notes)
+    return Judgement(results, verdict, renderer.render_headers(authserv_id, ctx, results, entries, cfg), entries)
 
 
 def judge_message(ctx: MessageContext, runtime: Runtime, *, now: float,
@@ -54,8 +56,8 @@ def judge_message(ctx: MessageContext, runtime: Runtime, *, now: float,
     started = clock() if started is None else started
     judgement = judge(ctx, runtime.resolver.for_message(), runtime.cfg, runtime.authserv_id, now=now)
     elapsed_ms = (clock() - started) * 1000.0
-    notify(runtime.observers, Judged(ctx, judgement.results, judgement.verdict, elapsed_ms),
-           runtime.observer_failures)
+    judged = Judged(ctx, judgement.results, judgement.verdict, elapsed_ms, ar_entries=judgement.ar_entries)
+    notify(runtime.observers, judged, runtime.observer_failures)
     return judgement
 
 

@@ -19,7 +19,7 @@ from __future__ import annotations
 import platform
 import re
 import threading
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from typing import TYPE_CHECKING, Protocol
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, Info
@@ -27,7 +27,7 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 
 from authmilter import __version__
 from authmilter.observers import Judged
-from authmilter.results import Status
+from authmilter.results import AREntry, Status
 
 if TYPE_CHECKING:
     from authmilter.config import Config
@@ -52,6 +52,9 @@ class ReportWriterStats(Protocol):
     queue_depth: int    # observations waiting in its queue now
     rows_written: int   # observations stored since it started (a counter)
     rows_dropped: int   # observations lost since it started: queue full, store and journal failed (a counter)
+
+
+_RESULT_WORDS = frozenset(status.value for status in Status)
 
 
 class _Words:
@@ -106,19 +109,16 @@ def split_reason(reason: str) -> tuple[str, str, str]:
     return first, first, reason.rpartition(":")[2]
 
 
-def method_results(results) -> Iterator[tuple[str, str]]:
-    """(method, result) as the Authentication-Results header counts them, from the one ordered list of methods
-    (checkresults.Results.methods): one dkim entry per evaluated signature, dkim=none when there was none, one
-    dkim=policy for those past [dkim] max_signatures; the HELO identity's SPF entry counts as spf_helo. Nothing for
-    a skipped message (no check ran)."""
-    if results.skipped:
-        return
-    for method in results.methods():
-        for entry in method.ar_entries():
-            if entry.method == "spf" and any((p.ptype, p.name) == ("smtp", "helo") for p in entry.properties):
-                yield "spf_helo", entry.result
-            else:
-                yield entry.method, entry.result
+def method_results(entries: Iterable[AREntry]) -> Iterator[tuple[str, str]]:
+    """(method, result) as the Authentication-Results header counts them, from the entries the renderer made
+    (Judged.ar_entries): one dkim entry per evaluated signature, dkim=none when there was none, one dkim=policy for
+    those past [dkim] max_signatures; the HELO identity's SPF entry counts as spf_helo. Nothing for a skipped
+    message (no check ran, no entry)."""
+    for entry in entries:
+        if entry.method == "spf" and any((p.ptype, p.name) == ("smtp", "helo") for p in entry.properties):
+            yield "spf_helo", entry.result
+        else:
+            yield entry.method, entry.result
 
 
 class MetricsObserver:
@@ -200,11 +200,11 @@ class MetricsObserver:
             self._overrides(reason, self._reason_words(replaced)).inc()
         self._eom_seconds.observe(judged.elapsed_ms / 1000.0)
         results = judged.results
-        for key in method_results(results):
+        for key in method_results(judged.ar_entries):
             child = self._results_by_key.get(key)
             if child is None:
                 child = self._results(self._method_words(key[0]), self._result_words(key[1]))
-                if isinstance(key[1], Status):  # only our own words may add keys
+                if key[1] in _RESULT_WORDS:  # only the RFC 8601 words of our own results may add keys
                     self._results_by_key[key] = child
             child.inc()
         if results.dns_deadline_expired:

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Protocol
 
 from authmilter.context import MessageContext
-from authmilter.results import Verdict
+from authmilter.results import AREntry, Verdict
 
 if TYPE_CHECKING:
     from authmilter.checkresults import Results
@@ -35,6 +35,9 @@ class Judged:
     verdict: Verdict
     elapsed_ms: float
     refused_rcpt: str | None = None
+    # The A-R entries of this verdict, made once by the renderer (collect_entries), so an observer that counts
+    # methods reads them instead of making them again on the reply's thread.
+    ar_entries: tuple[AREntry, ...] = ()
 
 
 class Observer(Protocol):

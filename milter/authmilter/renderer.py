@@ -66,9 +66,11 @@ def _visible(text: str) -> str:
 
 
 def _ascii_domain(domain: str) -> str:
+    """An internationalized domain in its A-label form (RFC 5890), so both headers stay ASCII and name the domain
+    that was looked up; anything that is not a domain is left for the caller's cleaning to mark."""
     if domain.isascii() or not _DOMAINISH.fullmatch(domain):
         return domain
-    return to_a_labels(domain) or domain  # not a valid IDN: _ascii() marks the odd characters
+    return to_a_labels(domain) or domain
 
 
 def _ascii(text: str) -> str:
@@ -276,16 +278,9 @@ def _printable(text: str) -> str:
     return _UNSAFE.sub(lambda m: " " if m.group() < "\x20" or m.group() == "\x7f" else "?", text)
 
 
-def _a_labels(domain: str) -> str:
-    """An internationalized domain in its ASCII form (RFC 5890), so that the header stays ASCII and exact."""
-    if domain.isascii():
-        return domain
-    return to_a_labels(domain) or domain  # not a valid IDN: _printable() will mark the odd characters
-
-
 def _ascii_address(address: str) -> str:
     local, at, domain = address.rpartition("@")
-    return f"{local}{at}{_a_labels(domain)}" if at else _a_labels(address)
+    return f"{local}{at}{_ascii_domain(domain)}" if at else _ascii_domain(address)
 
 
 def _value(text: str) -> str:
@@ -312,7 +307,7 @@ def received_spf_value(result: SpfResult, conn: Connection, env: Envelope, auths
     if env.mail_from:
         pairs.append(("envelope-from", _ascii_address(env.mail_from)))
     if conn.helo:
-        pairs.append(("helo", _a_labels(conn.helo)))
+        pairs.append(("helo", _ascii_domain(conn.helo)))
     pairs.append(("receiver", authserv_id))
     if checked.status in (Status.PERMERROR, Status.TEMPERROR) and checked.reason:
         pairs.append(("problem", checked.reason))
@@ -354,12 +349,12 @@ def as_header_value(value: str) -> str:
     return value if value[:1] in (" ", "\t") else " " + value
 
 
-def render_headers(authserv_id: str, ctx: MessageContext, results: Results, verdict: Verdict,
+def render_headers(authserv_id: str, ctx: MessageContext, results: Results, entries: Sequence[AREntry],
                    cfg: Config) -> tuple[tuple[str, str], ...]:
-    """(name, value) of every header this verdict adds, top first: A-R, then Received-SPF (both trace fields of this
-    hop, so they go above the MTA's own Received:). Nothing for a refused message."""
+    """(name, value) of every header this verdict adds, top first: A-R (from `entries`: collect_entries with the
+    verdict's notes), then Received-SPF (both trace fields of this hop, so they go above the MTA's own Received:)."""
     headers: list[tuple[str, str]] = []
-    ar_value = render(authserv_id, results, verdict)
+    ar_value = render_entries(authserv_id, entries)
     if ar_value.strip():
         headers.append((HEADER_NAME, as_header_value(ar_value)))
     if cfg.spf.received_spf_header and results.spf is not None:

@@ -39,17 +39,19 @@ def build_observers(cfg: Config, previous: Runtime | None = None, *, serving: bo
     counts: `authmilter check` judges a test message, which must reach no metric and no report."""
     from authmilter import metrics
     from authmilter.logline import LogLineObserver
-    from authmilter.reports.writer import report_observers
-
-    from authmilter.reports.writer import report_observers
+    from authmilter.reports.writer import ReportRecorder, report_observers
 
     observers: list[Observer] = [LogLineObserver()]
     if serving:
-        kept = previous.observers if previous is not None else ()
-        counted = metrics.observer_for(cfg, previous.observers if previous is not None else None)
+        kept = previous.observers if previous is not None else None
+        counted = metrics.observer_for(cfg, kept)
+        reports = report_observers(cfg, kept or ())
         if counted is not None:
             observers.append(counted)
-        observers.extend(report_observers(cfg, kept))
+            recorder = next((o for o in reports if isinstance(o, ReportRecorder)), None)
+            # The last registration wins: a reload that drops [reports] unregisters the old writer.
+            counted.watch_report_writer(recorder.gauges if recorder is not None else None)
+        observers.extend(reports)
     return tuple(observers)
 
 

@@ -20,6 +20,7 @@ import queue
 import threading
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 
 from authmilter.config import Config
@@ -37,6 +38,13 @@ STORE_RETRY_SECONDS = 10.0   # after a store failure, batches go straight to the
 WARN_EVERY_SECONDS = 60.0    # the least time between two log lines about drops or store failures
 CLOSE_SECONDS = 20.0         # how long close() waits for the last write (the unit's TimeoutStopSec is 30 s)
 _STOP = object()
+
+
+@dataclass(frozen=True, slots=True)
+class WriterGauges:
+    queue_depth: int
+    rows_written: int
+    rows_dropped: int
 
 
 class ReportRecorder:
@@ -102,6 +110,11 @@ class ReportRecorder:
                     "warning; raise [reports] queue_size or check the store", self.section.queue_size, dropped)
 
     # -- metrics
+
+    def gauges(self) -> WriterGauges:
+        """What the metrics read at each scrape (metrics.ReportWriterStats): messages stored, and lost to a full
+        queue or a disk that refused the journal."""
+        return WriterGauges(self.queue.qsize(), self.messages_written, self.dropped + self.lost)
 
     def stats(self) -> dict[str, int]:
         return {"queue_depth": self.queue.qsize(), "received": self.received, "dropped": self.dropped,
