@@ -435,10 +435,10 @@ from authmilter.cli import main
 
 real_evaluate = pipeline.evaluate
 
-def evaluate(ctx, dns, cfg, *, now):
+def evaluate(ctx, dns, cfg, *, now, **options):
     if any(h.value_text == "explode" for h in ctx.message.get_all("Subject")):
         raise RuntimeError("injected fault")
-    return real_evaluate(ctx, dns, cfg, now=now)
+    return real_evaluate(ctx, dns, cfg, now=now, **options)
 
 pipeline.evaluate = evaluate
 sys.exit(main(sys.argv[1:]))

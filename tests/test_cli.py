@@ -211,7 +211,7 @@ def test_internal_error_exit_70_with_logged_traceback(dns, config):
         import authmilter.pipeline as pipeline
         from authmilter.cli import main
 
-        def evaluate(ctx, dns, cfg, *, now):
+        def evaluate(ctx, dns, cfg, *, now, **options):
             raise RuntimeError("injected fault")
 
         pipeline.evaluate = evaluate

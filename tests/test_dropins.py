@@ -72,7 +72,7 @@ def test_every_mistake_in_every_file_at_once_exit_78(tmp_path):
         f"of their own (starting with # or ;), otherwise they are part of the value",
         f"{second}: [spf] fail_action: expected one of accept, reject, quarantine, got 'maybe'",
         f"{second}: [spf] bogus: unknown key (known: enabled, check_helo, fail_action, softfail_action, "
-        f"temperror_action, permerror_action, received_spf_header, show_explanation)",
+        f"temperror_action, permerror_action, received_spf_header, show_explanation, reject_at)",
     ]
     # `run` refuses the same way, before listening
     done = authmilter("run", "--config", str(main_file))

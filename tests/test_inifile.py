@@ -55,7 +55,7 @@ def test_every_mistake_of_a_file_is_reported_in_line_order():
     assert str(raised.value).splitlines() == [
         "F.ini: [dns] timeout: expected a number, got 'soon'",
         "F.ini: [dns] timeot: unknown key (known: nameservers, timeout, message_deadline, max_queries, trust_ad, "
-        "cache_size, cache_max_ttl)",
+        "cache_size, cache_max_ttl, early_lookups, workers)",
         f"F.ini: [nosuch]: unknown section (known: {', '.join(SECTIONS)})",
         "F.ini: [dkim] min_key_bits: '# stronger' looks like a comment after the value; comments go on a line of "
         "their own (starting with # or ;), otherwise they are part of the value",

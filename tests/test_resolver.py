@@ -381,11 +381,41 @@ def test_query_limit_ends_the_lookups(server):
     assert client.query_count == 4
 
 
+def test_time_without_a_lookup_in_flight_spends_no_budget(server):
+    """Lookups start at MAIL FROM and at end of headers: the seconds the client takes to send its message between
+    the two must not leave the DKIM and DMARC lookups without a budget."""
+    clock = FakeClock()
+    client = make(server, clock, message_deadline=2.0).for_message()
+    assert client.query("mx.example.org", "A").ok
+    clock.now += 30
+    assert client.query("example.org", "MX").ok
+    assert not client.deadline_expired
+    assert client.deadline.remaining() == 2.0
+
+
+def test_lookups_side_by_side_spend_the_budget_once():
+    from authmilter.resolver import Deadline
+    clock = FakeClock()
+    deadline = Deadline(2.0, 10, clock)
+    deadline.begin()
+    clock.now += 0.5
+    deadline.begin()          # a second lookup joins the first
+    clock.now += 0.5
+    deadline.end()
+    assert deadline.remaining() == 1.0
+    clock.now += 0.25
+    deadline.end()
+    assert deadline.remaining() == 0.75
+
+
 def test_spent_time_budget_ends_the_lookups_without_sending(server):
     clock = FakeClock()
     client = make(server, clock, message_deadline=2.0).for_message()
     assert client.query("mx.example.org", "A").ok
+    # 2.5 s spent waiting on a lookup (as a slow server would have cost)
+    client.deadline.begin()
     clock.now += 2.5
+    client.deadline.end()
     before = server.count("example.org", "MX")
     answer = client.query("example.org", "MX")
     assert answer.outcome is Outcome.TIMEOUT and "deadline" in answer.detail

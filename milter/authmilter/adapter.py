@@ -26,7 +26,8 @@ from authmilter.config import Config
 from authmilter.context import Connection, Envelope, Header, Message, MessageContext, bare_address
 from authmilter.errors import AuthmilterError
 # The decision lives in judge.py, shared with `authmilter check`.
-from authmilter.judge import Judgement, judge_message, judge_recipient
+from authmilter.early import EarlyWork
+from authmilter.judge import Judgement, judge_message, judge_recipient, reach_end_of_headers, start_lookups
 from authmilter.results import Action, Verdict
 from authmilter.runtime import Runtime, RuntimeRef
 from authmilter.sessions import Sessions
@@ -66,7 +67,7 @@ class _Transaction:
     """Facts of one transaction, renewed at MAIL FROM (aiosmtpd's Envelope). Mutable until end-of-message."""
 
     __slots__ = ("runtime", "mail_from", "rcpts", "headers", "header_bytes", "truncated", "ar_count",
-                 "forged_ar", "body", "queue_id", "failed_stage", "after_stop", "signing")
+                 "forged_ar", "body", "queue_id", "failed_stage", "after_stop", "signing", "early")
 
     def __init__(self, runtime: Runtime, mail_from: str, *, after_stop: bool = False) -> None:
         self.runtime = runtime
@@ -82,6 +83,12 @@ class _Transaction:
         self.queue_id = ""
         self.failed_stage = ""
         self.signing: SigningSession | None = None  # set at MAIL FROM for a client whose mail we sign
+        self.early: EarlyWork | None = None  # lookups started before end of message (judge.start_lookups)
+
+    def end(self) -> None:
+        """The transaction is over (answered, aborted or replaced): what it started early is not waited for."""
+        if self.early is not None:
+            self.early.abandon()
 
 
 # ---------------------------------------------------------------- the milter
@@ -144,6 +151,7 @@ class AuthMilter(Milter.Base):
     @Milter.noreply
     def envfrom(self, mailfrom, *params):
         # A new transaction starts here whatever happened before: nothing of the last message leaks into this one.
+        self._end_transaction()
         self._tx = _Transaction(self._ref.current, "", after_stop=self._sessions.stopping)
         self._guarded("mail", self._on_mail, mailfrom)
         return Milter.CONTINUE
@@ -186,20 +194,25 @@ class AuthMilter(Milter.Base):
             self._log_error("eom")
             return self._error_reply(tx.runtime.cfg, at_eom=True)
         finally:
-            self._tx = None
+            self._end_transaction()
 
     def abort(self):
         if self._tx is not None:
             log.debug("queue_id=%s transaction aborted by the MTA", self._tx.queue_id)
-        self._tx = None
+        self._end_transaction()
         return Milter.CONTINUE
 
     def close(self):
-        self._tx = None
+        self._end_transaction()
         self._sessions.closed(self)
         if self._events is not None:
             self._events.connection_closed()
         return Milter.CONTINUE
+
+    def _end_transaction(self) -> None:
+        tx, self._tx = self._tx, None
+        if tx is not None:
+            tx.end()
 
     def in_flight(self) -> bool:
         """What a stop waits for: a transaction begun before the stop, not yet answered at end of message."""
@@ -229,6 +242,9 @@ class AuthMilter(Milter.Base):
         # Signing and verification never both apply: a signing transaction is not verified (signing/decide.py).
         tx.signing = start_session(tx.runtime.keyring, tx.runtime.cfg.signing, self._client_ip, self._auth_user,
                                    tx.mail_from)
+        if tx.signing is None and not tx.after_stop:
+            ctx = MessageContext(self._connection(), Envelope(tx.mail_from, (), tx.queue_id))
+            tx.early = start_lookups(ctx, tx.runtime, now=self._wallclock())
 
     def _on_header(self, name, value) -> None:
         tx = self._transaction()
@@ -263,8 +279,11 @@ class AuthMilter(Milter.Base):
     def _body_stream(self, tx: _Transaction) -> BodyStream:
         """Made once the header is complete (the first body chunk, or end-of-message for an empty body)."""
         if tx.body is None:
-            tx.body = BodyStream(self._connection(), Message(tuple(tx.headers), headers_truncated=tx.truncated),
-                                 tx.runtime.cfg)
+            message = Message(tuple(tx.headers), headers_truncated=tx.truncated)
+            if tx.early is not None:
+                ctx = MessageContext(self._connection(), Envelope(tx.mail_from, tuple(tx.rcpts), tx.queue_id), message)
+                reach_end_of_headers(tx.early, ctx, tx.runtime, now=self._wallclock())
+            tx.body = BodyStream(self._connection(), message, tx.runtime.cfg)
         return tx.body
 
     def _connection(self) -> Connection:
@@ -275,7 +294,7 @@ class AuthMilter(Milter.Base):
         tx.queue_id = self._symbol("{i}") or tx.queue_id
         address = bare_address(str(rcpt))
         ctx = MessageContext(self._connection(), Envelope(tx.mail_from, tuple(tx.rcpts), tx.queue_id))
-        verdict = judge_recipient(ctx, address, tx.runtime, now=self._wallclock())
+        verdict = judge_recipient(ctx, address, tx.runtime, now=self._wallclock(), early=tx.early)
         if verdict.action in (Action.REJECT, Action.TEMPFAIL):
             return self._answer(verdict)
         if len(tx.rcpts) < MAX_RECIPIENTS:
@@ -295,7 +314,8 @@ class AuthMilter(Milter.Base):
             Envelope(tx.mail_from, tuple(tx.rcpts), tx.queue_id),
             self._body_stream(tx).message(),
         )
-        judgement = judge_message(ctx, runtime, now=self._wallclock(), clock=self._clock, started=started)
+        judgement = judge_message(ctx, runtime, now=self._wallclock(), clock=self._clock, started=started,
+                                  early=tx.early)
         if self._sessions.cut_off:  # stop_timeout ran out while this message was judged (its late lookups failed)
             return self._stop_reply(tx, at_eom=True)
         return self._apply(judgement, tx)

@@ -52,6 +52,7 @@ class Results:
     dns_queries: int = 0
     dns_deadline_expired: bool = False
     dnssec: Dnssec = Dnssec.INDETERMINATE   # weakest status over every shown result's lookups
+    dns_extra: int = 0                      # lookups asked early that no check then needed (early.py)
 
     def get(self, name: str) -> Any:
         for step in self.steps:

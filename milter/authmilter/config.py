@@ -245,6 +245,10 @@ class DnsSection:
                                           "resolver is on loopback), yes or no")
     cache_size: int = key(10000, "answers kept in the cache (0: no cache)", minimum=0)
     cache_max_ttl: int = key(3600, "longest time an answer is cached, in seconds", minimum=0)
+    early_lookups: bool = key(True, "start each check's lookups as soon as its inputs are known (iprev and SPF at "
+                                    "MAIL FROM, DKIM keys and DMARC discovery at end of headers), side by side; "
+                                    "no = all at end of message, one after another")
+    workers: int = key(32, "threads for early lookups, shared by all connections", minimum=1, maximum=512)
 
 
 @dataclass(frozen=True, slots=True)
@@ -284,6 +288,9 @@ class SpfSection:
                                    choices=("accept", "reject"))
     received_spf_header: bool = key(True, "add a Received-SPF header (RFC 7208 §9.1)")
     show_explanation: bool = key(True, "put the domain's exp= text in an SPF reject reply")
+    reject_at: str = key("eom", "when fail_action = reject refuses an SPF fail: eom (after the message, when DMARC "
+                                "can still rescue forwarded mail) or rcpt (at RCPT TO, without taking the body; "
+                                "needs [policy] dmarc_pass_overrides_spf = no)", choices=("eom", "rcpt"))
 
 
 @dataclass(frozen=True, slots=True)
@@ -649,10 +656,29 @@ def _build_config(source: str, files: list[IniFile], problems: list[str]) -> Con
         for key_name, reason in getattr(section, "problems", tuple)():
             where = origins.get(f"{name}.{key_name}") or origins.get(f"{name}.enabled") or source
             problems.append(f"{where}: [{name}] {key_name}: {reason}")
+    for name, key_name, reason in _combination_problems(sections):
+        where = origins.get(f"{name}.{key_name}") or source
+        problems.append(f"{where}: [{name}] {key_name}: {reason}")
     if problems:
         raise ConfigError("\n".join(problems))
     return Config(**sections, source=source, dropins=tuple(ini.source for ini in files[1:]),
                   origins=MappingProxyType(origins))
+
+
+def _combination_problems(sections: Mapping[str, Any]) -> list[tuple[str, str, str]]:
+    """(section, key, reason) for combinations across sections."""
+    spf = sections.get("spf", SpfSection())
+    policy = sections.get("policy", PolicySection())
+    found = []
+    if spf.reject_at == "rcpt":
+        if policy.dmarc_pass_overrides_spf:
+            found.append(("spf", "reject_at", "rcpt cannot work with [policy] dmarc_pass_overrides_spf = yes (the "
+                                              "default): a DMARC pass is only known after the headers, long after "
+                                              "RCPT; set that key to no, or reject_at to eom"))
+        if spf.fail_action is not Action.REJECT:
+            found.append(("spf", "reject_at", "rcpt refuses an SPF fail at RCPT TO, which needs [spf] fail_action "
+                                              "= reject"))
+    return found
 
 
 def _check_entry(entry: Entry) -> tuple[str, Any]:

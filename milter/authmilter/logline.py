@@ -27,7 +27,8 @@ _KEY_JUNK = re.compile(r"[^a-z0-9_]")
 _INVISIBLE = frozenset({"Cc", "Cf", "Cs", "Co", "Cn", "Zl", "Zp"})
 # Keys this module writes itself: a check's log_fields() cannot claim them, wherever they sit in the line.
 OWN_KEYS = frozenset({"queue_id", "client_ip", "helo", "mail_from", "rcpt_count", "skipped", "forwarder", "dnssec",
-                      "action", "reason", "overridden", "reply", "dns_queries", "dns_deadline_expired", "ms"})
+                      "action", "reason", "overridden", "reply", "dns_queries", "dns_extra", "dns_deadline_expired",
+                      "ms"})
 
 
 def format_value(value: object) -> str:
@@ -121,6 +122,9 @@ def format_line(ctx: MessageContext, results: Results, verdict: Verdict, elapsed
     if verdict.action in (Action.REJECT, Action.TEMPFAIL) and verdict.code:
         pairs.append(("reply", f"{verdict.code} {verdict.status}".strip()))
     pairs.append(("dns_queries", results.dns_queries))
+    if results.dns_extra:
+        # Lookups asked early (early.py) that no check then needed: the price of not waiting for each answer.
+        pairs.append(("dns_extra", results.dns_extra))
     if results.dns_deadline_expired:
         pairs.append(("dns_deadline_expired", "yes"))
     pairs.append(("ms", f"{elapsed_ms:.1f}"))

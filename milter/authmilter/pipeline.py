@@ -10,9 +10,13 @@ Each step of the table is a `CheckSpec`: a name, the names of the steps whose ou
   per-recipient SRS bounce check).
 - `body_plan`: for a check that reads the body, which body hashes it will need, asked at end of headers so the
   body can be streamed into them and never kept.
+- `prefetch`: for a check that cannot run before end of message (it reads the body, or a step that does), the
+  DNS questions it will ask, known at its lookup stage, so they can be asked then, side by side.
 
-Today every message step runs at end of message, in table order; starting each one's lookups at its lookup stage,
-side by side, is a change inside this module alone. The order is not written down by hand: `order_checks()` sorts
+`start_early` runs at each stage (MAIL FROM, end of headers) with what is known then: a step whose lookup stage
+has come, whose needs have started and which reads no body runs at once on a worker (early.py); the others have
+their lookups prefetched. `evaluate` at end of message takes what the early steps gave, runs the rest in table
+order, and with no early work (`[dns] early_lookups = no`, `authmilter check`) it is the serial code. The order is not written down by hand: `order_checks()` sorts
 the table topologically (authentication_milter's `sort_callbacks`), keeping the declared order where the
 dependencies allow, and refuses a cycle or a missing dependency at import time, so a bad table never reaches a
 message. The declared order is also the order of the methods in the header and the log line.
@@ -21,8 +25,10 @@ message. The declared order is also the order of the methods in the header and t
 from __future__ import annotations
 
 import dataclasses
+import functools
 import ipaddress
-from collections.abc import Callable, Mapping, Sequence
+import logging
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from enum import IntEnum
 from types import MappingProxyType
@@ -38,9 +44,12 @@ from authmilter.checks.dkim import check as dkim_check
 from authmilter.checks.dmarc import check as dmarc_check
 from authmilter.config import Config, TrustSection
 from authmilter.context import Connection, Message, MessageContext, unmapped
+from authmilter.early import EarlyWork
 from authmilter.errors import AuthmilterError
 from authmilter.resolver import DnsClient
 from authmilter.results import Dnssec
+
+log = logging.getLogger(__name__)
 
 
 class Stage(IntEnum):
@@ -86,6 +95,8 @@ class CheckSpec:
     # An RFC 8601 method: the log line has its key ("-") even when it did not run, so it can be grepped.
     always_logged: bool = False
     body_plan: Callable[[Message, Config], frozenset] | None = None
+    # (name, type) questions it will ask, from what is known at its lookup stage: only ctx, cfg and now are read.
+    prefetch: Callable[[Inputs], Iterable[tuple[str, str]]] | None = None
 
     def stage_for(self, conn: Connection, cfg: Config) -> Stage:
         """The stage at which this step's lookups can start for this client."""
@@ -151,6 +162,20 @@ def _run_dmarc(i: Inputs):
     return dmarc_check.check_dmarc(i.ctx.message, i.done["spf"], i.done["dkim"], i.dns, i.cfg.dmarc)
 
 
+def _spf_prefetch(i: Inputs) -> Iterable[tuple[str, str]]:
+    # The HELO check runs first, then MAIL FROM's: ask both first records at once.
+    return spf_check.first_lookups(i.ctx.connection, i.ctx.envelope, i.cfg.spf)
+
+
+def _dkim_prefetch(i: Inputs) -> Iterable[tuple[str, str]]:
+    return dkim_check.key_lookups(i.ctx.message, i.cfg.dkim, dmarc_check.author_domain(i.ctx.message), now=i.now)
+
+
+def _dmarc_prefetch(i: Inputs) -> Iterable[tuple[str, str]]:
+    dkim_domains = dkim_check.signing_domains(i.ctx.message, i.cfg.dkim, dmarc_check.author_domain(i.ctx.message))
+    return dmarc_check.discovery_lookups(i.ctx.message, i.ctx.envelope, i.ctx.connection, dkim_domains, i.cfg.dmarc)
+
+
 def _dkim_body_plan(msg: Message, cfg: Config) -> frozenset:
     # The same steps as the table: the author domain orders the signatures, and dkim picks them.
     return dkim_check.body_hash_keys(msg, cfg.dkim, dmarc_check.author_domain(msg))
@@ -161,16 +186,17 @@ CHECKS: tuple[CheckSpec, ...] = (
               lookup_stage=Stage.CONNECT, shown=True, always_logged=True),
     CheckSpec("srs", (), _run_srs, lookup_stage=Stage.MAIL, shown=True),
     CheckSpec("spf", ("srs",), _run_spf, lambda cfg: cfg.spf.enabled,
-              lookup_stage=Stage.MAIL, shown=True, always_logged=True),
+              lookup_stage=Stage.MAIL, shown=True, always_logged=True, prefetch=_spf_prefetch),
     CheckSpec("sender", (), _run_sender, lookup_stage=Stage.MAIL, shown=True),
     # No configured forwarder means nobody can match: skip the call rather than ask for nothing.
     CheckSpec("forwarder", ("iprev",), _run_forwarder,
               lambda cfg: bool(cfg.forwarders.networks or cfg.forwarders.hostnames), lookup_stage=Stage.CONNECT),
     CheckSpec("author_domain", (), _run_author_domain, lambda cfg: cfg.dkim.enabled, lookup_stage=Stage.EOH),
     CheckSpec("dkim", ("author_domain",), _run_dkim, lambda cfg: cfg.dkim.enabled,
-              lookup_stage=Stage.EOH, shown=True, always_logged=True, body_plan=_dkim_body_plan),
+              lookup_stage=Stage.EOH, shown=True, always_logged=True, body_plan=_dkim_body_plan,
+              prefetch=_dkim_prefetch),
     CheckSpec("dmarc", ("spf", "dkim"), _run_dmarc, lambda cfg: cfg.dmarc.enabled,
-              lookup_stage=Stage.EOH, shown=True, always_logged=True),
+              lookup_stage=Stage.EOH, shown=True, always_logged=True, prefetch=_dmarc_prefetch),
 )
 
 ORDERED_CHECKS = order_checks(CHECKS)
@@ -242,11 +268,45 @@ def body_plan(conn: Connection, msg: Message, cfg: Config,
     return frozenset(keys)
 
 
+def start_early(work: EarlyWork, stage: Stage, ctx: MessageContext, cfg: Config, *, now: float,
+                checks: Sequence[CheckSpec] = ORDERED_CHECKS) -> None:
+    """At `stage`, with the facts known by then in `ctx`: start every step that can run now, and prefetch the
+    lookups of those that must wait for the body. A step started at an earlier stage is not started again."""
+    if skip_reason(ctx.connection, cfg.trust):
+        return
+    conn = ctx.connection
+    for spec in checks:
+        if work.has(spec.name) or not spec.enabled(cfg) or spec.stage_for(conn, cfg) > stage:
+            continue
+        needs_ready = all(work.has(need) or not _spec(checks, need).enabled(cfg) for need in spec.needs)
+        if spec.body_plan is None and needs_ready:
+            work.start(spec.name, functools.partial(_run_early, spec, work, ctx, cfg, now))
+        elif spec.prefetch is not None and not work.prefetched(spec.name):
+            try:
+                lookups = list(spec.prefetch(Inputs(ctx, work.dns, cfg, now, MappingProxyType({}))))
+            except Exception:  # only a head start is lost: the check still asks for itself at end of message
+                log.exception("prefetch of %s failed", spec.name)
+                continue
+            work.prefetch(spec.name, lookups)
+
+
+def _run_early(spec: CheckSpec, work: EarlyWork, ctx: MessageContext, cfg: Config, now: float) -> Any:
+    done = {need: work.result(need) if work.has(need) else None for need in spec.needs}
+    return spec.run(Inputs(ctx, work.dns, cfg, now, MappingProxyType(done)))
+
+
+def _spec(checks: Sequence[CheckSpec], name: str) -> CheckSpec:
+    return next(spec for spec in checks if spec.name == name)
+
+
 def evaluate(ctx: MessageContext, dns: DnsClient, cfg: Config, *, now: float,
-             checks: Sequence[CheckSpec] | None = None) -> Results:
+             checks: Sequence[CheckSpec] | None = None, early: EarlyWork | None = None) -> Results:
     """Run every enabled check for one message. A check that raises is a bug and is not caught here: the adapter
-    turns it into the configured error action."""
+    turns it into the configured error action. With `early`, the steps it started are waited for (their lookups
+    went through `early.dns`, which is then the message's DNS client), and the rest run here."""
     ordered = ORDERED_CHECKS if checks is None else order_checks(checks)
+    if early is not None:
+        dns = early.dns
     skipped = skip_reason(ctx.connection, cfg.trust)
     if skipped:
         return Results(_outputs(ordered, {}), skipped=skipped, dns_queries=dns.query_count,
@@ -254,10 +314,15 @@ def evaluate(ctx: MessageContext, dns: DnsClient, cfg: Config, *, now: float,
     done: dict[str, Any] = {}
     view = MappingProxyType(done)
     for spec in ordered:
-        done[spec.name] = spec.run(Inputs(ctx, dns, cfg, now, view)) if spec.enabled(cfg) else None
+        if not spec.enabled(cfg):
+            done[spec.name] = None
+        elif early is not None and early.has(spec.name):
+            done[spec.name] = early.result(spec.name)
+        else:
+            done[spec.name] = spec.run(Inputs(ctx, dns, cfg, now, view))
     steps = _outputs(ordered, done)
     return Results(steps, dns_queries=dns.query_count, dns_deadline_expired=dns.deadline_expired,
-                   dnssec=dnssec_summary(steps))
+                   dnssec=dnssec_summary(steps), dns_extra=early.dns.settle() if early is not None else 0)
 
 
 def _outputs(ordered: Sequence[CheckSpec], done: Mapping[str, Any]) -> tuple[StepOutput, ...]:

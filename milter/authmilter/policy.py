@@ -294,6 +294,16 @@ def decide(results: Results, ctx: MessageContext, cfg: Config, *,
     return dataclasses.replace(verdict, notes=notes) if notes else verdict
 
 
+def decide_spf_at_rcpt(results: Results, ctx: MessageContext, rcpt: str, cfg: Config) -> Verdict:
+    """[spf] reject_at = rcpt: the SPF fail rule alone, at RCPT TO, before the body is taken. Only a reject can
+    be given there (the config refuses any other fail_action, and a DMARC pass override, which needs the
+    header); a trusted forwarder, postmaster and monitor mode exempt it as at end of message."""
+    verdict = spf_fail(results, ctx, cfg)
+    if verdict is None or verdict.action is not Action.REJECT:
+        return ACCEPT
+    return _exempted(verdict, (rcpt,), cfg)
+
+
 def header_notes(results: Results) -> tuple[Note, ...]:
     """What the header says beside the results about the trusted-forwarder decision (issue 4: the override must
     be auditable in the header, named as DMARC reports name it)."""

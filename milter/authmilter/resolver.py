@@ -15,6 +15,7 @@ import struct
 import threading
 import time
 from collections import OrderedDict
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from enum import StrEnum
 from typing import Callable, Protocol
@@ -206,6 +207,13 @@ def to_a_labels(name: str) -> str | None:
     return None if isinstance(qname, str) else text
 
 
+def name_key(name: str) -> tuple[bytes, ...] | None:
+    """The name as the cache compares it (lower-cased labels), or None when it cannot be asked (INVALID_NAME,
+    which no client counts as a query)."""
+    qname, _ = _query_name_and_text(name)
+    return None if isinstance(qname, str) else _cache_labels(qname)
+
+
 def _query_name_and_text(name: str) -> tuple[dns.name.Name | str, str]:
     """to_query_name() and the name's text, memoized for the few names every message asks (the sender's domain,
     its _dmarc and _domainkey names, the client's PTR name): building a dns.name.Name is most of a cached
@@ -252,17 +260,41 @@ def _record(rdata) -> object:
 # ---------------------------------------------------------------- per-message budget
 
 class Deadline:
-    """One message's DNS budget: time since the message's client was made, and a number of lookups."""
+    """One message's DNS budget: the time its lookups kept it waiting, and a number of lookups.
+
+    The clock runs only while at least one lookup of the message is in flight. Lookups may start at MAIL FROM and
+    the rest at end of headers (early.py): the seconds in between belong to the client sending its message, and a
+    slow body must not spend the budget of the DKIM and DMARC lookups that follow it. Lookups side by side spend it
+    once, at the rate of the wall clock. With one lookup at a time this is the old "time spent in DNS".
+    """
 
     def __init__(self, seconds: float, max_queries: int, clock: Clock):
         self.seconds = seconds
         self.max_queries = max_queries
         self._clock = clock
-        self._start = clock()
+        self._lock = threading.Lock()
+        self._spent = 0.0
+        self._in_flight = 0
+        self._since = 0.0
         self.used = 0
 
     def remaining(self) -> float:
-        return self.seconds - (self._clock() - self._start)
+        with self._lock:
+            running = self._clock() - self._since if self._in_flight else 0.0
+            return self.seconds - self._spent - running
+
+    def begin(self) -> None:
+        """A lookup goes out: the clock runs until the last one in flight is back."""
+        with self._lock:
+            if self._in_flight == 0:
+                self._since = self._clock()
+            self._in_flight += 1
+
+    def end(self) -> None:
+        with self._lock:
+            self._in_flight -= 1
+            if self._in_flight == 0:
+                self._spent += self._clock() - self._since
 
     def take_query(self) -> bool:
         """Count one lookup; False when the query budget was already spent."""
@@ -424,6 +456,27 @@ class _Step:
     detail: str = ""
 
 
+class WorkerPool:
+    """The DNS workers of early lookups (early.py): at most `workers` threads, made on demand and kept, shared by
+    every connection."""
+
+    def __init__(self, workers: int) -> None:
+        self.workers = workers
+        self._executor = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="authmilter-dns")
+
+    def submit(self, func: Callable[[], object]) -> Future | None:
+        """None once the pool is closed (the daemon is stopping): the caller does the work itself."""
+        try:
+            return self._executor.submit(func)
+        except RuntimeError:
+            return None
+
+    def close(self) -> None:
+        # Queued work belongs to transactions nobody will answer any more; running lookups end within their
+        # timeout, and the workers are pool's threads, which the interpreter joins at exit.
+        self._executor.shutdown(wait=False, cancel_futures=True)
+
+
 class Resolver:
     """Long-lived: owns the configuration, the nameserver list and the cache shared by all messages."""
 
@@ -434,6 +487,8 @@ class Resolver:
         self.nameservers = _effective_nameservers(dns_cfg)
         self.trust_ad = trusts_ad(dns_cfg)
         self.cache = _Cache(dns_cfg.cache_size, dns_cfg.cache_max_ttl, clock)
+        # Threads are made only when early lookups first need one: `authmilter check` never starts any.
+        self.pool = WorkerPool(dns_cfg.workers) if dns_cfg.early_lookups else None
         self._closed = False
 
     def for_message(self) -> MessageDns:
@@ -441,6 +496,8 @@ class Resolver:
 
     def close(self) -> None:
         self._closed = True
+        if self.pool is not None:
+            self.pool.close()
         self.cache.clear()
 
     def _tell(self, rdtype: str, outcome: Outcome, seconds: float | None) -> None:
@@ -662,7 +719,11 @@ class MessageDns:
                 self._expired = True
             return self._note(Answer(asked, rdtype, Outcome.TIMEOUT, detail=_deadline_detail(self.deadline)))
         started = self._resolver.clock()
-        answer, by_deadline = self._resolver._resolve(qname, rdtype, self.deadline)
+        self.deadline.begin()
+        try:
+            answer, by_deadline = self._resolver._resolve(qname, rdtype, self.deadline)
+        finally:
+            self.deadline.end()
         self._resolver._tell(rdtype, answer.outcome, self._resolver.clock() - started)
         if by_deadline:
             with self._lock:

@@ -186,6 +186,20 @@ def check_spf(conn: Connection, env: Envelope, dns: DnsClient, cfg: SpfSection) 
     return SpfResult(mailfrom, helo_result)
 
 
+def first_lookups(conn: Connection, env: Envelope, cfg: SpfSection) -> list[tuple[str, str]]:
+    """The record lookups check_spf starts with (HELO's, then MAIL FROM's), so both can be asked at once; the
+    rest of an evaluation depends on what those records say."""
+    if conn.client_ip is None:
+        return []
+    helo = conn.helo.rstrip(".")
+    names = [helo] if (cfg.check_helo or not env.mail_from) and not _helo_problem(conn.helo) else []
+    if env.mail_from:
+        domain = _split_sender(env.mail_from)[1].rstrip(".")
+        if not _domain_problem(domain):
+            names.append(domain)
+    return [(name, "TXT") for name in names]
+
+
 def _check_helo(conn: Connection, dns: DnsClient) -> SpfIdentityResult:
     # RFC 7208 §2.3: the HELO check is check_host() on the HELO domain with sender postmaster@HELO.
     helo = conn.helo.rstrip(".")

@@ -26,7 +26,7 @@ from dkim.crypto import UnparsableKeyError
 from dkim.util import InvalidTagValueList, get_default_logger
 
 from authmilter.checks.dkim.body import BodyHash, BodyHashKey, hash_body
-from authmilter.checks.dkim.key import KeyProblem, PublicKey, fetch_key_record, parse_key_record
+from authmilter.checks.dkim.key import KeyProblem, PublicKey, fetch_key_record, key_name, parse_key_record
 from authmilter.checks.dkim.signature import (Identity, ParsedSignature, SignatureProblem, identity_of, lenient_identity,
                                         read_signature)
 from authmilter.config import DkimSection
@@ -140,6 +140,30 @@ def body_hash_keys(msg: Message, cfg: DkimSection, from_domain: str | None) -> f
         except (SignatureProblem, *_LIBRARY_ERRORS):
             continue
     return frozenset(keys)
+
+
+def key_lookups(msg: Message, cfg: DkimSection, from_domain: str | None, *, now: float) -> list[tuple[str, str]]:
+    """The key records check_dkim will look up: one per chosen signature that parses and that local policy does
+    not refuse before any lookup (the same steps as `_evaluate`, up to its query)."""
+    if msg.headers_truncated:
+        return []
+    names = []
+    for _, header in select_signatures(msg, cfg, from_domain)[0]:
+        try:
+            sig = read_signature(header.name, header.value)
+            _local_policy_before_dns(sig, cfg, now)
+        except (SignatureProblem, *_LIBRARY_ERRORS):
+            continue
+        names.append((key_name(sig), "TXT"))
+    return names
+
+
+def signing_domains(msg: Message, cfg: DkimSection, from_domain: str | None) -> list[str]:
+    """The d= of every chosen signature (lenient: a hint for what DMARC's alignment may have to look up)."""
+    if msg.headers_truncated:
+        return []
+    return [domain for domain in (_domain_for_ordering(header) for _, header in
+                                  select_signatures(msg, cfg, from_domain)[0]) if domain]
 
 
 def check_dkim(msg: Message, dns: DnsClient, cfg: DkimSection, *, now: float, from_domain: str | None) -> DkimResult:

@@ -2,15 +2,16 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from authmilter.checks.dmarc.record import DmarcRecord, Request
 from authmilter.checks.dmarc.fromheader import FromParse, parse_from_headers
 from authmilter.checks.dmarc.orgdomain import (Discovery, PolicyLookups, TemporaryFailure, discover,
-                                         organizational_domain)
-from authmilter.config import DmarcSection
-from authmilter.context import HEADER_LIMIT, Message
+                                         organizational_domain, psl_org_domain, walk_targets)
+from authmilter.config import DmarcSection, OrgDomainMethod
+from authmilter.context import HEADER_LIMIT, Connection, Envelope, Message
 from authmilter.resolver import DnsClient, Outcome
 from authmilter.results import AREntry, Dnssec, Property, Status, weakest
 
@@ -97,6 +98,27 @@ def author_domain(msg: Message) -> str | None:
     """The RFC 5322 From domain (lowercase A-labels), or None when the From is missing, repeated or unparseable."""
     parsed = parse_from_headers(msg.get_all("From"))
     return parsed.domain if parsed.ok else None
+
+
+def discovery_lookups(msg: Message, env: Envelope, conn: Connection, dkim_domains: Sequence[str],
+                      cfg: DmarcSection) -> list[tuple[str, str]]:
+    """The _dmarc names check_dmarc may ask, known at end of headers, to be asked side by side: every name of the
+    author domain's tree walk (the walk still chooses among the answers in the RFC's order; names it does not
+    reach are the price of not waiting for each answer), and the walks of the SPF and DKIM domains that relaxed
+    alignment may need (those under the same parent as the author domain)."""
+    domain = None if msg.headers_truncated else author_domain(msg)
+    if not cfg.enabled or domain is None:
+        return []
+    if cfg.org_domain is OrgDomainMethod.PSL:
+        org = psl_org_domain(domain)
+        return [(f"_dmarc.{name}", "TXT") for name in dict.fromkeys((domain, org))]
+    spf_domain = (env.mail_from.rpartition("@")[2] if env.mail_from else conn.helo).lower().rstrip(".")
+    names = dict.fromkeys(walk_targets(domain))
+    parent = domain.split(".")[-2:]
+    for identifier in (spf_domain, *(d.lower().rstrip(".") for d in dkim_domains)):
+        if identifier and identifier != domain and identifier.split(".")[-2:] == parent:
+            names.update(dict.fromkeys(walk_targets(identifier)))
+    return [(f"_dmarc.{name}", "TXT") for name in names]
 
 
 def check_dmarc(msg: Message, spf: SpfResult | None, dkim: DkimResult | None, dns: DnsClient,

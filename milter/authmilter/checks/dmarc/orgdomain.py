@@ -113,7 +113,7 @@ def _one_label_below(domain: str, ancestor: str) -> str:
 def organizational_domain(domain: str, lookups: PolicyLookups, method: OrgDomainMethod) -> str:
     """The Organizational Domain of any domain (for relaxed alignment); TemporaryFailure on DNS trouble."""
     if method is OrgDomainMethod.PSL:
-        return _psl_org_domain(domain)
+        return psl_org_domain(domain)
     return _tree_walk(domain, lookups)[0]
 
 
@@ -124,7 +124,7 @@ def discover(author_domain: str, lookups: PolicyLookups, method: OrgDomainMethod
     Organizational Domain, or at its Public Suffix Domain. TemporaryFailure propagates (temperror).
     """
     if method is OrgDomainMethod.PSL:
-        org = _psl_org_domain(author_domain)
+        org = psl_org_domain(author_domain)
         candidates = [author_domain] if org == author_domain else [author_domain, org]
         seen = {target: lookups.records_at(target) for target in candidates}
         psd = ""
@@ -164,6 +164,6 @@ def _psl():
     return PublicSuffixList()
 
 
-def _psl_org_domain(domain: str) -> str:
+def psl_org_domain(domain: str) -> str:
     """RFC 7489 §3.2: the registrable domain, or the domain itself when it is a public suffix."""
     return _psl().privatesuffix(domain) or domain
