@@ -151,6 +151,11 @@ def only(result: DkimResult):
 
 # ---------------------------------------------------------------- results, one per case
 
+# Canonical body lengths of MESSAGE: an l= of exactly this covers everything.
+WHOLE_BODY = len(canonicalize(MESSAGE.partition(b"\r\n\r\n")[2], BodyCanon.RELAXED))
+WHOLE_SIMPLE_BODY = len(canonicalize(MESSAGE.partition(b"\r\n\r\n")[2], BodyCanon.SIMPLE))
+
+
 def _rsa_ok(**kw) -> bytes:
     return sign(MESSAGE, **kw) + MESSAGE
 
@@ -204,8 +209,19 @@ CASES = [
     # dkimpy alone would call this "x= value is past" against the real clock; our injected clock decides.
     ("old but unexpired at NOW", _rsa_ok(extra=(("t", "1000000000"), ("x", str(NOW + 10)))), CFG, Status.PASS,
      ""),
-    ("l= covers the signed part", sign(MESSAGE, limit=20) + MESSAGE + b"appended by a list\r\n", CFG,
-     Status.PASS, ""),
+    # Issue 14: content after l= is unsigned, so anyone could have appended it (Zone.eu 2024, Composition Kills
+    # A16). Until then this case expected pass.
+    ("l= leaves content unsigned", sign(MESSAGE, limit=20) + MESSAGE + b"appended by a list\r\n", CFG,
+     Status.POLICY, "(unsigned content after l=; 2048-bit rsa key; dnssec=insecure)"),
+    ("l= short, accepted by config", sign(MESSAGE, limit=20) + MESSAGE + b"appended by a list\r\n",
+     DkimSection(accept_partial_body=True), Status.PASS, "(2048-bit rsa key; dnssec=insecure)"),
+    ("l= is the whole body", sign(MESSAGE, limit=WHOLE_BODY) + MESSAGE, CFG, Status.PASS, "2048-bit rsa key"),
+    ("l= whole simple body", sign(MESSAGE, limit=WHOLE_SIMPLE_BODY, canon="simple/simple") + MESSAGE, CFG,
+     Status.PASS, "2048-bit rsa key"),
+    ("l= short, body tampered", sign(MESSAGE, limit=20) + MESSAGE.replace(b"Hi.", b"Yo."), CFG, Status.FAIL,
+     "body hash mismatch"),
+    ("l= short, header tampered", (sign(MESSAGE, limit=20) + MESSAGE).replace(b"Is dinner", b"Is lunch"), CFG,
+     Status.FAIL, "signature mismatch"),
     ("l= beyond the body", sign(MESSAGE, limit=20_000) + MESSAGE, CFG, Status.NEUTRAL, "l= exceeds body length"),
     ("i= outside d=", _rsa_ok(extra=(("i", "joe@example.com"),)), CFG, Status.NEUTRAL, "i= is not within d="),
     ("i= quoted-printable", _rsa_ok(extra=(("i", "joe=40sub@example.org"),)), CFG, Status.PASS, ""),

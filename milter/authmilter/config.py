@@ -264,6 +264,9 @@ class PolicySection:
     enforce: bool = key(True, "no = monitor mode: record and log every verdict, never reject or tempfail")
     dmarc_pass_overrides_spf: bool = key(True, "an SPF fail or softfail action is not applied when DMARC "
                                                "passes (forwarded mail whose DKIM signature survived)")
+    duplicate_headers_action: Action = key(Action.REJECT, "a header RFC 5322 allows once (Subject, Date, To...), "
+                                                          "found twice: reject 550 5.7.1, quarantine, or accept "
+                                                          "and record it", choices=("reject", "quarantine", "accept"))
 
 
 @dataclass(frozen=True, slots=True)
@@ -301,6 +304,8 @@ class DkimSection:
     min_key_bits: int = key(1024, "RSA keys shorter than this are refused (dkim=policy)", minimum=512)
     allow_sha1: bool = key(False, "accept rsa-sha1 signatures (RFC 8301 says not to)")
     time_tolerance: int = key(300, "seconds of clock skew allowed on t= and x=", minimum=0)
+    accept_partial_body: bool = key(False, "accept a signature whose l= leaves body content unsigned (no: "
+                                           "dkim=policy, so it cannot make DMARC pass)")
 
 
 @dataclass(frozen=True, slots=True)

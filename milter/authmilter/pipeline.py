@@ -37,6 +37,7 @@ from typing import Any
 from authmilter.checkresults import Results, StepOutput, dnssec_summary
 from authmilter.checks import forwarder as forwarder_check
 from authmilter.checks import iprev as iprev_check
+from authmilter.checks import singletons as singletons_check
 from authmilter.checks import sender as sender_check
 from authmilter.checks import spf as spf_check
 from authmilter.checks import srs as srs_check
@@ -176,6 +177,10 @@ def _dmarc_prefetch(i: Inputs) -> Iterable[tuple[str, str]]:
     return dmarc_check.discovery_lookups(i.ctx.message, i.ctx.envelope, i.ctx.connection, dkim_domains, i.cfg.dmarc)
 
 
+def _run_singletons(i: Inputs):
+    return singletons_check.find_duplicates(i.ctx.message)
+
+
 def _dkim_body_plan(msg: Message, cfg: Config) -> frozenset:
     # The same steps as the table: the author domain orders the signatures, and dkim picks them.
     return dkim_check.body_hash_keys(msg, cfg.dkim, dmarc_check.author_domain(msg))
@@ -197,6 +202,8 @@ CHECKS: tuple[CheckSpec, ...] = (
               prefetch=_dkim_prefetch),
     CheckSpec("dmarc", ("spf", "dkim"), _run_dmarc, lambda cfg: cfg.dmarc.enabled,
               lookup_stage=Stage.EOH, shown=True, always_logged=True, prefetch=_dmarc_prefetch),
+    # Always found (one pass over the header), whatever the action: "accept" still records them (issue 14).
+    CheckSpec("singletons", (), _run_singletons, lookup_stage=Stage.EOH, shown=True),
 )
 
 ORDERED_CHECKS = order_checks(CHECKS)

@@ -61,11 +61,12 @@ def message(*, author: str, subject: bytes | str = b"Subject: authmilter e2e", b
 def sign(msg: bytes, key: LabKey, *, domain: str | bytes, selector: str | bytes = SELECTOR,
          canon: tuple[str, str] = ("relaxed", "relaxed"), algorithm: str | None = None,
          headers: tuple[str, ...] = SIGNED_HEADERS, timestamp: int | None = None,
-         expiration: int | None = None, identity: str | None = None) -> bytes:
+         expiration: int | None = None, identity: str | None = None, length: int | None = None) -> bytes:
     """`msg` with one DKIM-Signature prepended (RFC 6376 §5).
 
     `algorithm` defaults to the key's (rsa-sha256 / ed25519-sha256); "rsa-sha1" with an RSA key is allowed on
-    purpose. `domain`/`selector` may be bytes to sign with values that are not domain names at all.
+    purpose. `domain`/`selector` may be bytes to sign with values that are not domain names at all. `length`: an
+    l= tag, the body hash then covering only that many canonical octets (RFC 6376 §3.5).
     """
     algorithm_b = (algorithm or key.signature_algorithm).encode()
     domain_b = domain if isinstance(domain, bytes) else domain.encode()
@@ -79,7 +80,8 @@ def sign(msg: bytes, key: LabKey, *, domain: str | bytes, selector: str | bytes 
         private = parse_pem_private_key(key.private)
     policy = CanonicalizationPolicy.from_c_value("/".join(canon).encode())
     include = tuple(h.lower().encode() for h in headers)
-    body_hash = signer.hasher(policy.canonicalize_body(signer.body)).digest()
+    canonical_body = policy.canonicalize_body(signer.body)
+    body_hash = signer.hasher(canonical_body if length is None else canonical_body[:length]).digest()
     stamp = int(time.time()) if timestamp is None else timestamp
     fields = [
         (b"v", b"1"),
@@ -91,6 +93,7 @@ def sign(msg: bytes, key: LabKey, *, domain: str | bytes, selector: str | bytes 
         (b"s", selector_b),
         (b"t", str(stamp).encode()),
         *([(b"x", str(expiration).encode())] if expiration is not None else []),
+        *([(b"l", str(length).encode())] if length is not None else []),
         (b"h", b" : ".join(include)),
         (b"bh", base64.b64encode(body_hash)),
         (b"b", b"0" * 60),  # dkimpy's placeholder: b= folds onto its own line before signing

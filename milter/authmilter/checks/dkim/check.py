@@ -257,6 +257,12 @@ def _evaluate(header: Header, msg: Message, dns: DnsClient, cfg: DkimSection,
             raise SignatureProblem(Status.FAIL, "body hash mismatch")
         if not _header_signature_verifies(sig, key, msg):
             raise SignatureProblem(Status.FAIL, "signature mismatch")
+        if sig.body_key.limit is not None and sig.body_key.limit < body.canonical_length \
+                and not cfg.accept_partial_body:
+            # RFC 6376 §8.2: with l=, "an attacker [can] add content to the end of the message"; the signature
+            # is genuine, so this is local policy, not fail (Zone.eu advisory 2024; "Composition Kills" A16).
+            # Checked last, so a forged signature still says fail, not policy.
+            raise SignatureProblem(Status.POLICY, "unsigned content after l=")
         return _result(ident, Status.PASS, "", key, queried)
     except KeyProblem as problem:
         return _result(ident, problem.status, problem.reason, key, queried, problem.dnssec)
