@@ -61,6 +61,10 @@ def spf_records() -> dict[str, list[str]]:
             'mail TXT "v=spf1 a -all"',
             f"mail6 AAAA {GOOD_V6}",
             'mail6 TXT "v=spf1 a -all"',
+            # Mail that reaches us through a relay of ours ([trust] relays, test_e2e_relays): DMARC p=reject, and
+            # only the lab's IPv6 source designated (its IPv4 sources are loopback: hops of ours to the walk).
+            f'relayed TXT "v=spf1 ip6:{GOOD_V6} -all"',
+            '_dmarc.relayed TXT "v=DMARC1; p=reject"',
             'badhelo TXT "v=spf1 -all"',
             f"badhelo A {STRANGER_V4}",
             f'softfail TXT "v=spf1 {SPF_DESIGNATED} ~all"',

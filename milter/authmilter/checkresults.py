@@ -13,12 +13,14 @@ from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Protocol
 
+from authmilter.context import Connection
 from authmilter.results import AREntry, Dnssec, weakest
 
 if TYPE_CHECKING:  # type-only: the accessors below name the checks' result types without importing them
     from authmilter.checks.dkim.check import DkimResult
     from authmilter.checks.dmarc.check import DmarcResult
     from authmilter.checks.iprev import IprevResult
+    from authmilter.checks.relayed import RelayedClient
     from authmilter.checks.sender import SenderDomainResult
     from authmilter.checks.spf import SpfResult
     from authmilter.checks.srs import SrsInfo
@@ -100,6 +102,17 @@ class Results:
     @property
     def dmarc(self) -> DmarcResult | None:
         return self.get("dmarc")
+
+    @property
+    def relay(self) -> RelayedClient | None:
+        """Set when the client is one of [trust] relays: the client its Received header recorded."""
+        return self.get("relay")
+
+    def judged_connection(self, conn: Connection) -> Connection | None:
+        """The client SPF and iprev judged: `conn` itself, or behind a relay of ours the one the relay recorded
+        (None when its Received header could not be read). The header, the log line and the reports show it."""
+        relay = self.relay
+        return conn if relay is None else relay.connection
 
     @property
     def forwarder(self) -> str:

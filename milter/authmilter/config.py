@@ -125,6 +125,19 @@ def parse_networks(text: str) -> tuple[IPNetwork, ...]:
     return tuple(networks)
 
 
+def _overlap(a: IPNetwork, b: IPNetwork) -> bool:
+    # An IPv4 network may also be written as ::ffff:a.b.c.d/n; compare both in IPv4 form.
+    a, b = _as_v4(a), _as_v4(b)
+    return a.version == b.version and a.overlaps(b)
+
+
+def _as_v4(network: IPNetwork) -> IPNetwork:
+    mapped = ipaddress.ip_network("::ffff:0:0/96")
+    if network.version == 6 and network.subnet_of(mapped):
+        return ipaddress.ip_network(f"{network.network_address.ipv4_mapped}/{network.prefixlen - 96}")
+    return network
+
+
 def parse_socket(text: str) -> str:
     text = text.strip()
     if text.startswith("unix:") or text.startswith("local:"):
@@ -257,6 +270,18 @@ class TrustSection:
         (ipaddress.ip_network("127.0.0.0/8"), ipaddress.ip_network("::1/128")),
         "comma-separated CIDRs whose mail is not checked (may be empty)", parse=parse_networks)
     authenticated: bool = key(True, "skip the checks for SASL-authenticated senders")
+    relays: tuple[IPNetwork, ...] = key(
+        (), "comma-separated CIDRs of our own relays (gateway, backup MX) that hand us mail without XFORWARD",
+        parse=parse_networks)
+
+    def problems(self) -> tuple[tuple[str, str], ...]:
+        """A client in both lists would be both unchecked and checked on its Received header: refused."""
+        clashes = [f"{relay} overlaps {network}" for relay in self.relays for network in self.networks
+                   if _overlap(relay, network)]
+        if not clashes:
+            return ()
+        return (("relays", f"{'; '.join(clashes)} of [trust] networks: a client in both would be trusted and "
+                           f"judged on its Received header at once; take it out of one of the two"),)
 
 
 @dataclass(frozen=True, slots=True)

@@ -15,7 +15,7 @@ import unicodedata
 from collections.abc import Iterable
 
 from authmilter.checkresults import Results
-from authmilter.context import MessageContext
+from authmilter.context import Connection, MessageContext
 from authmilter.observers import Judged
 from authmilter.results import Action, Verdict
 
@@ -101,7 +101,9 @@ def _check_fields(results: Results) -> list[tuple[str, object]]:
 
 
 def format_line(ctx: MessageContext, results: Results, verdict: Verdict, elapsed_ms: float) -> str:
-    conn, env = ctx.connection, ctx.envelope
+    # client_ip and helo are the client the checks judged: behind a relay of ours, the one its Received header
+    # recorded ("-" when it could not be read); the relay's own address is then the relay= field.
+    conn, env = results.judged_connection(ctx.connection) or Connection(None, helo=NOT_EVALUATED), ctx.envelope
     pairs: list[tuple[str, object]] = [
         ("queue_id", env.queue_id or NOT_EVALUATED),
         ("client_ip", conn.client_ip if conn.client_ip is not None else NOT_EVALUATED),

@@ -38,6 +38,7 @@ from authmilter.checkresults import Results, StepOutput, dnssec_summary
 from authmilter.checks import forwarder as forwarder_check
 from authmilter.checks import iprev as iprev_check
 from authmilter.checks import singletons as singletons_check
+from authmilter.checks import relayed as relayed_check
 from authmilter.checks import sender as sender_check
 from authmilter.checks import spf as spf_check
 from authmilter.checks import srs as srs_check
@@ -48,7 +49,7 @@ from authmilter.context import Connection, Message, MessageContext, unmapped
 from authmilter.early import EarlyWork
 from authmilter.errors import AuthmilterError
 from authmilter.resolver import DnsClient
-from authmilter.results import Dnssec
+from authmilter.results import Dnssec, Status
 
 log = logging.getLogger(__name__)
 
@@ -128,8 +129,16 @@ def order_checks(specs: Sequence[CheckSpec]) -> tuple[CheckSpec, ...]:
 
 # ---------------------------------------------------------------- the real table
 
+def _run_relay(i: Inputs):
+    return relayed_check.relayed_client(i.ctx, i.cfg.trust)
+
+
 def _run_iprev(i: Inputs):
-    return iprev_check.check_iprev(i.ctx.connection, i.dns, i.cfg.iprev)
+    conn, relay = relayed_check.judged_connection(i.ctx, i.cfg.trust)
+    if conn is None:
+        # RFC 8601 §2.7.3: the evaluation cannot be completed, and retrying will not change the header.
+        return iprev_check.IprevResult(Status.PERMERROR, reason=relay.note)
+    return iprev_check.check_iprev(conn, i.dns, i.cfg.iprev)
 
 
 def _run_srs(i: Inputs):
@@ -138,8 +147,12 @@ def _run_srs(i: Inputs):
 
 def _run_spf(i: Inputs):
     # SPF always runs on the envelope as received: an SRS address is checked against the forwarder's domain, and
-    # the result names the original sender beside it.
-    result = spf_check.check_spf(i.ctx.connection, i.ctx.envelope, i.dns, i.cfg.spf)
+    # the result names the original sender beside it. Behind a relay of ours it judges the client the relay
+    # recorded; when that cannot be read, no address at all (none, with the reason), never the relay's own.
+    conn, relay = relayed_check.judged_connection(i.ctx, i.cfg.trust)
+    result = spf_check.check_spf(conn or Connection(None), i.ctx.envelope, i.dns, i.cfg.spf)
+    if relay is not None:
+        result = spf_check.relayed(result, relay.note, readable=conn is not None)
     return dataclasses.replace(result, srs=i.done["srs"]) if i.done["srs"] is not None else result
 
 
@@ -148,7 +161,10 @@ def _run_sender(i: Inputs):
 
 
 def _run_forwarder(i: Inputs) -> str:
-    return forwarder_check.match_forwarder(i.ctx.connection, i.done["iprev"], i.cfg.forwarders)
+    # Behind a relay of ours the forwarder is the client the relay recorded, the one SPF judged (and iprev
+    # confirmed); an unreadable record matches nothing, not even a [forwarders] network holding the relay.
+    conn, _relay = relayed_check.judged_connection(i.ctx, i.cfg.trust)
+    return forwarder_check.match_forwarder(conn or Connection(None), i.done["iprev"], i.cfg.forwarders)
 
 
 def _run_author_domain(i: Inputs) -> str | None:
@@ -186,16 +202,28 @@ def _dkim_body_plan(msg: Message, cfg: Config) -> frozenset:
     return dkim_check.body_hash_keys(msg, cfg.dkim, dmarc_check.author_domain(msg))
 
 
+def _unless_relayed(direct: Stage) -> StageRule:
+    """`direct` for most clients; end of headers for one of [trust] relays, whose client is in a Received header."""
+    def stage(conn: Connection, cfg: Config) -> Stage:
+        return Stage.EOH if relayed_check.is_relay(conn.client_ip, cfg.trust) else direct
+    return stage
+
+
 CHECKS: tuple[CheckSpec, ...] = (
+    # Whom a relay of ours received the message from: first, so the log line names the relay up front.
+    CheckSpec("relay", (), _run_relay, lambda cfg: bool(cfg.trust.relays),
+              lookup_stage=_unless_relayed(Stage.CONNECT), shown=True),
     CheckSpec("iprev", (), _run_iprev, lambda cfg: cfg.iprev.enabled,
-              lookup_stage=Stage.CONNECT, shown=True, always_logged=True),
+              lookup_stage=_unless_relayed(Stage.CONNECT), shown=True, always_logged=True),
     CheckSpec("srs", (), _run_srs, lookup_stage=Stage.MAIL, shown=True),
     CheckSpec("spf", ("srs",), _run_spf, lambda cfg: cfg.spf.enabled,
-              lookup_stage=Stage.MAIL, shown=True, always_logged=True, prefetch=_spf_prefetch),
+              lookup_stage=_unless_relayed(Stage.MAIL), shown=True, always_logged=True, prefetch=_spf_prefetch),
+    # The sender-domain check reads only MAIL FROM, whoever the client is: it stays at MAIL even behind a relay.
     CheckSpec("sender", (), _run_sender, lookup_stage=Stage.MAIL, shown=True),
     # No configured forwarder means nobody can match: skip the call rather than ask for nothing.
     CheckSpec("forwarder", ("iprev",), _run_forwarder,
-              lambda cfg: bool(cfg.forwarders.networks or cfg.forwarders.hostnames), lookup_stage=Stage.CONNECT),
+              lambda cfg: bool(cfg.forwarders.networks or cfg.forwarders.hostnames),
+              lookup_stage=_unless_relayed(Stage.CONNECT)),
     CheckSpec("author_domain", (), _run_author_domain, lambda cfg: cfg.dkim.enabled, lookup_stage=Stage.EOH),
     CheckSpec("dkim", ("author_domain",), _run_dkim, lambda cfg: cfg.dkim.enabled,
               lookup_stage=Stage.EOH, shown=True, always_logged=True, body_plan=_dkim_body_plan,

@@ -224,7 +224,8 @@ def iprev_fail(results: Results, ctx: MessageContext, cfg: Config) -> Verdict | 
     if results.iprev is None or results.iprev.status not in (Status.FAIL, Status.PERMERROR):
         return None
     return _verdict(cfg.iprev.fail_action, "iprev_fail",
-                    f"Reverse DNS validation failed for {results.iprev.client_ip}", reject=("550", "5.7.25"))
+                    f"Reverse DNS validation failed for {results.iprev.client_ip or 'the relayed client'}",
+                    reject=("550", "5.7.25"))
 
 
 def iprev_temperror(results: Results, ctx: MessageContext, cfg: Config) -> Verdict | None:

@@ -359,5 +359,6 @@ def render_headers(authserv_id: str, ctx: MessageContext, results: Results, entr
         headers.append((HEADER_NAME, as_header_value(ar_value)))
     if cfg.spf.received_spf_header and results.spf is not None:
         headers.append((RECEIVED_SPF_NAME, as_header_value(
-            received_spf_value(results.spf, ctx.connection, ctx.envelope, authserv_id))))
+            received_spf_value(results.spf, results.judged_connection(ctx.connection) or Connection(None),
+                               ctx.envelope, authserv_id))))
     return tuple(headers)

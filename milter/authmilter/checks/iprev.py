@@ -42,10 +42,12 @@ class IprevResult:
         # The host goes in a comment on policy.iprev, as Fastmail's authentication_milter writes it: a
         # reader sees which name confirmed the address without a second property type.
         prop = Property("policy", "iprev", self.client_ip, comment=self.confirmed_name)
-        return (AREntry("iprev", str(self.status), comment, (prop,)),)
+        # No address (a relay's Received header that could not be read): the reason says so, no empty property.
+        return (AREntry("iprev", str(self.status), comment, (prop,) if self.client_ip else ()),)
 
     def dnssec_statuses(self) -> tuple[Dnssec, ...]:
-        return () if self.status is Status.NONE else (self.dnssec,)  # no client IP: nothing was looked up
+        # No client IP (or an unreadable relay record): nothing was looked up.
+        return () if self.status is Status.NONE or not self.client_ip else (self.dnssec,)
 
     def log_fields(self) -> dict[str, str]:
         if self.status is Status.NONE:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import ipaddress
 import logging
 import re
@@ -43,14 +44,15 @@ class SpfResult:
     mailfrom: SpfIdentityResult
     helo: SpfIdentityResult | None = None  # when the HELO identity was checked too
     srs: SrsInfo | None = None             # MAIL FROM was an SRS address: named beside the MAIL FROM result
+    relay: str = ""                        # behind a relay of ours: which address was judged, and who recorded it
 
     def ar_entries(self) -> tuple[AREntry, ...]:
         # RFC 8601 §2.7.2: smtp.mailfrom carries the full address that was checked; for the null sender that is
         # postmaster@HELO, so a reader sees which identity produced the result.
-        note = self.srs.note if self.srs is not None else ""
+        note = "; ".join(part for part in (self.srs.note if self.srs is not None else "", self.relay) if part)
         entries = [_ar_entry(self.mailfrom, Property("smtp", "mailfrom", self.mailfrom.sender), note)]
         if self.helo is not None:
-            entries.append(_ar_entry(self.helo, Property("smtp", "helo", self.helo.domain)))
+            entries.append(_ar_entry(self.helo, Property("smtp", "helo", self.helo.domain), self.relay))
         return tuple(entries)
 
     def dnssec_statuses(self) -> tuple[Dnssec, ...]:
@@ -62,6 +64,17 @@ class SpfResult:
             fields["spf_helo"] = str(self.helo.status)
         fields["spf_dnssec"] = str(self.mailfrom.dnssec)
         return fields
+
+
+def relayed(result: SpfResult, note: str, *, readable: bool) -> SpfResult:
+    """`result` for a message from a relay of ours ([trust] relays): `note` names the judged client, or says why
+    the relay's Received header could not be read. Then no address was judged (check_spf ran without one): the
+    MAIL FROM result is none with that reason (RFC 7208 §2.6.1: nothing could be evaluated), and there is no HELO
+    result, since the HELO name is unknown too."""
+    if readable:
+        return dataclasses.replace(result, relay=note)
+    mailfrom = dataclasses.replace(result.mailfrom, status=Status.NONE, reason=note, explanation="", mechanism="")
+    return dataclasses.replace(result, mailfrom=mailfrom, helo=None)
 
 
 # ---------------------------------------------------------------- A-R entries

@@ -8,6 +8,10 @@ What is recorded: one row per judged message (not per recipient) whose author do
 record, whatever the DMARC result. Not recorded: mail from trusted networks and authenticated senders (nothing was
 evaluated), recipients refused at RCPT, messages without a policy record, and tempfailed messages (they are not
 delivered; the sender's retry is judged, and counted, again).
+
+`source_ip` is the address SPF judged: behind one of [trust] relays, the client the relay's Received header
+recorded, never the relay's own address. A message whose relay record could not be read is not recorded: its
+source is unknown, and the relay's address would tell the domain owner that our gateway sends as them.
 """
 
 from __future__ import annotations
@@ -94,7 +98,10 @@ def observe(judged: Judged, rules: RecordRules, now: float) -> Observation | Non
     envelope_to = ""
     if rules.envelope_to and envelope.rcpts:
         envelope_to = _domain(envelope.rcpts[0].rpartition("@")[2])  # one row per message: its first recipient
-    ip = ctx.connection.client_ip
+    judged_client = results.judged_connection(ctx.connection)
+    if judged_client is None:
+        return None   # a relay of ours whose Received header could not be read: the source is unknown
+    ip = judged_client.client_ip   # behind a relay of ours, the client it recorded: the one SPF judged
     header_from = clean(dmarc.from_domain)  # already lower-case A-labels (checks/dmarc), but from the sender
     row = RowKey(
         source_ip=_ip_text(ip) if ip is not None else "",
