@@ -53,7 +53,7 @@ def main(argv: list[str]) -> int:
                         help="through Postfix: the milters on the last CPU, Postfix and the SMTP clients on the others")
     parser.add_argument("--only", action="append", default=[], metavar="MILTER",
                         help="measure only this contender (authmilter, 'authmilter cpu=all', authmilter+metrics, "
-                             "'authmilter reports=on', null-pymilter, opendkim+opendmarc, dkimpy-milter)")
+                             "'authmilter reports=on', 'authmilter serial', null-pymilter, opendkim+opendmarc, dkimpy-milter)")
     args = parser.parse_args(argv)
     if os.geteuid() != 0:
         print("make bench needs root (network namespace, OpenDKIM, Postfix)", file=sys.stderr)
@@ -83,6 +83,9 @@ def main(argv: list[str]) -> int:
                       # issue 10: the same milter recording DMARC aggregate report rows (SQLite), side by side
                       ("authmilter reports=on", lambda wd: milters.start_authmilter(wd, "127.0.0.1:53",
                                                                                      reports=True)),
+                      # issue 13: every lookup at end of message, one after another ([dns] early_lookups = no)
+                      ("authmilter serial", lambda wd: milters.start_authmilter(wd, "127.0.0.1:53",
+                                                                                 early_lookups=False)),
                       ("null-pymilter", milters.start_nullmilter)]
         if milters.opendkim_available():
             contenders.append(("opendkim+opendmarc", milters.start_opendkim_opendmarc))

@@ -71,6 +71,12 @@ class EarlyDns:
             unread = [future for key, future in self._prefetched.items() if key not in self._consumed]
         return sum(1 for future in unread if not future.cancel())
 
+    def is_cached(self, name: str, rdtype: str) -> bool:
+        """A question the cache answers now is asked in microseconds by whoever needs it: handing it to a
+        worker would cost more than it saves (a client without a cache says no)."""
+        peek = getattr(self._inner, "is_cached", None)
+        return bool(peek is not None and peek(name, rdtype))
+
     @property
     def abandoned(self) -> bool:
         return self._abandoned
@@ -97,8 +103,7 @@ class EarlyDns:
             if self._abandoned:
                 return Answer(str(name).rstrip("."), str(rdtype).upper(), Outcome.TIMEOUT, detail=ENDED)
             pending = self._prefetched.get(key) if key not in self._consumed else None
-            if pending is not None:
-                self._consumed.add(key)
+            self._consumed.add(key)  # asked: a prefetch of it from now on would only be an extra lookup
         if pending is None:
             return self._inner.query(name, rdtype)
         if pending.cancel():  # still queued behind other work: asking here is sooner than waiting for a worker
@@ -184,11 +189,12 @@ class EarlyWork:
     def has(self, name: str) -> bool:
         return name in self._steps
 
-    def start(self, name: str, func: Callable[[], Any]) -> None:
-        """Run a step now on a worker (or later, on demand, when there is no pool)."""
+    def start(self, name: str, func: Callable[[], Any], *, on_worker: bool = True) -> None:
+        """Run a step now on a worker, or on demand (whoever first needs its result) when there is no pool or
+        `on_worker` is false (a step with no lookup to wait for)."""
         step = _Step(name, func)
         self._steps[name] = step
-        if self._pool is not None and not self.dns.abandoned:
+        if on_worker and self._pool is not None and not self.dns.abandoned:
             step.start_on(self._pool)
 
     def result(self, name: str) -> Any:
@@ -200,7 +206,8 @@ class EarlyWork:
             return
         self._prefetched_for.add(name)
         for qname, rdtype in lookups:
-            self.dns.prefetch(qname, rdtype)
+            if not self.dns.is_cached(qname, rdtype):
+                self.dns.prefetch(qname, rdtype)
 
     def prefetched(self, name: str) -> bool:
         return name in self._prefetched_for

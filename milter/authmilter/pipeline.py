@@ -97,7 +97,9 @@ class CheckSpec:
     # An RFC 8601 method: the log line has its key ("-") even when it did not run, so it can be grepped.
     always_logged: bool = False
     body_plan: Callable[[Message, Config], frozenset] | None = None
-    # (name, type) questions it will ask, from what is known at its lookup stage: only ctx, cfg and now are read.
+    # The (name, type) questions it will ask first, from what is known at its lookup stage (only ctx, cfg and now
+    # are read). For a step that runs before end of message they also say whether it would wait for the network
+    # (none of them cached): a step without them is taken to make no lookup of its own and runs on demand.
     prefetch: Callable[[Inputs], Iterable[tuple[str, str]]] | None = None
 
     def stage_for(self, conn: Connection, cfg: Config) -> Stage:
@@ -179,9 +181,19 @@ def _run_dmarc(i: Inputs):
     return dmarc_check.check_dmarc(i.ctx.message, i.done["spf"], i.done["dkim"], i.dns, i.cfg.dmarc)
 
 
+def _iprev_prefetch(i: Inputs) -> Iterable[tuple[str, str]]:
+    conn, _relay = relayed_check.judged_connection(i.ctx, i.cfg.trust)
+    return iprev_check.first_lookups(conn) if conn is not None else []
+
+
+def _sender_prefetch(i: Inputs) -> Iterable[tuple[str, str]]:
+    return sender_check.first_lookups(i.ctx.envelope)
+
+
 def _spf_prefetch(i: Inputs) -> Iterable[tuple[str, str]]:
     # The HELO check runs first, then MAIL FROM's: ask both first records at once.
-    return spf_check.first_lookups(i.ctx.connection, i.ctx.envelope, i.cfg.spf)
+    conn, _relay = relayed_check.judged_connection(i.ctx, i.cfg.trust)
+    return spf_check.first_lookups(conn, i.ctx.envelope, i.cfg.spf) if conn is not None else []
 
 
 def _dkim_prefetch(i: Inputs) -> Iterable[tuple[str, str]]:
@@ -190,7 +202,9 @@ def _dkim_prefetch(i: Inputs) -> Iterable[tuple[str, str]]:
 
 def _dmarc_prefetch(i: Inputs) -> Iterable[tuple[str, str]]:
     dkim_domains = dkim_check.signing_domains(i.ctx.message, i.cfg.dkim, dmarc_check.author_domain(i.ctx.message))
-    return dmarc_check.discovery_lookups(i.ctx.message, i.ctx.envelope, i.ctx.connection, dkim_domains, i.cfg.dmarc)
+    conn, _relay = relayed_check.judged_connection(i.ctx, i.cfg.trust)
+    return dmarc_check.discovery_lookups(i.ctx.message, i.ctx.envelope, conn or i.ctx.connection, dkim_domains,
+                                         i.cfg.dmarc)
 
 
 def _run_singletons(i: Inputs):
@@ -214,12 +228,13 @@ CHECKS: tuple[CheckSpec, ...] = (
     CheckSpec("relay", (), _run_relay, lambda cfg: bool(cfg.trust.relays),
               lookup_stage=_unless_relayed(Stage.CONNECT), shown=True),
     CheckSpec("iprev", (), _run_iprev, lambda cfg: cfg.iprev.enabled,
-              lookup_stage=_unless_relayed(Stage.CONNECT), shown=True, always_logged=True),
+              lookup_stage=_unless_relayed(Stage.CONNECT), shown=True, always_logged=True,
+              prefetch=_iprev_prefetch),
     CheckSpec("srs", (), _run_srs, lookup_stage=Stage.MAIL, shown=True),
     CheckSpec("spf", ("srs",), _run_spf, lambda cfg: cfg.spf.enabled,
               lookup_stage=_unless_relayed(Stage.MAIL), shown=True, always_logged=True, prefetch=_spf_prefetch),
     # The sender-domain check reads only MAIL FROM, whoever the client is: it stays at MAIL even behind a relay.
-    CheckSpec("sender", (), _run_sender, lookup_stage=Stage.MAIL, shown=True),
+    CheckSpec("sender", (), _run_sender, lookup_stage=Stage.MAIL, shown=True, prefetch=_sender_prefetch),
     # No configured forwarder means nobody can match: skip the call rather than ask for nothing.
     CheckSpec("forwarder", ("iprev",), _run_forwarder,
               lambda cfg: bool(cfg.forwarders.networks or cfg.forwarders.hostnames),
@@ -314,15 +329,26 @@ def start_early(work: EarlyWork, stage: Stage, ctx: MessageContext, cfg: Config,
         if work.has(spec.name) or not spec.enabled(cfg) or spec.stage_for(conn, cfg) > stage:
             continue
         needs_ready = all(work.has(need) or not _spec(checks, need).enabled(cfg) for need in spec.needs)
-        if spec.body_plan is None and needs_ready:
-            work.start(spec.name, functools.partial(_run_early, spec, work, ctx, cfg, now))
-        elif spec.prefetch is not None and not work.prefetched(spec.name):
-            try:
-                lookups = list(spec.prefetch(Inputs(ctx, work.dns, cfg, now, MappingProxyType({}))))
-            except Exception:  # only a head start is lost: the check still asks for itself at end of message
-                log.exception("prefetch of %s failed", spec.name)
-                continue
-            work.prefetch(spec.name, lookups)
+        runs_now = spec.body_plan is None and needs_ready
+        if not runs_now and (spec.prefetch is None or work.prefetched(spec.name)):
+            continue
+        try:
+            lookups = list(spec.prefetch(Inputs(ctx, work.dns, cfg, now, MappingProxyType({})))) \
+                if spec.prefetch is not None else []
+        except Exception:  # only a head start is lost: the check still asks for itself at end of message
+            log.exception("prefetch of %s failed", spec.name)
+            lookups = None
+        if not runs_now:
+            if lookups:
+                work.prefetch(spec.name, lookups)
+            continue
+        # A step goes to a worker only when it will wait for the network: its first lookups are not all in the
+        # cache. With a warm cache (or no lookup at all) it runs on demand, at end of message, in microseconds.
+        cold = [question for question in lookups or () if not work.dns.is_cached(*question)]
+        if len(cold) > 1:  # the step asks the first itself; the others (SPF's second identity) side by side
+            work.prefetch(spec.name, cold[1:])
+        work.start(spec.name, functools.partial(_run_early, spec, work, ctx, cfg, now),
+                   on_worker=bool(cold) or lookups is None)
 
 
 def _run_early(spec: CheckSpec, work: EarlyWork, ctx: MessageContext, cfg: Config, now: float) -> Any:

@@ -683,6 +683,11 @@ class MessageDns:
         with self._lock:
             return self._weakest if self._weakest is not None else Dnssec.INDETERMINATE
 
+    def is_cached(self, name: str, rdtype: str) -> bool:
+        """Whether the shared cache holds the answer now (a peek: no query is counted, no time spent)."""
+        labels = name_key(name)
+        return labels is not None and self._resolver.cache.get_entry((labels, str(rdtype).upper())) is not None
+
     def query(self, name: str, rdtype: str) -> Answer:
         try:
             return self._query(name, rdtype)

@@ -60,6 +60,12 @@ class IprevResult:
         return fields
 
 
+def first_lookups(conn: Connection) -> list[tuple[str, str]]:
+    """The PTR lookup check_iprev starts with (the forward lookups depend on its answer)."""
+    ip = unmapped(conn.client_ip)
+    return [] if ip is None else [(ip.reverse_pointer, "PTR")]
+
+
 def check_iprev(conn: Connection, dns: DnsClient, cfg: IprevSection) -> IprevResult:
     """Forward-confirm the client's reverse DNS; never raises for anything DNS returns."""
     ip = unmapped(conn.client_ip)  # a v4 client on a v6 socket has its PTR under in-addr.arpa

@@ -49,6 +49,12 @@ class SenderDomainResult:
         return fields
 
 
+def first_lookups(env: Envelope) -> list[tuple[str, str]]:
+    """The MX lookup check_sender_domain starts with (A and AAAA only if that finds nothing)."""
+    domain = _domain_of(env.mail_from) if env.mail_from else ""
+    return [(domain, "MX")] if domain and not domain.startswith("[") else []
+
+
 def check_sender_domain(env: Envelope, dns: DnsClient) -> SenderDomainResult | None:
     """None for the null sender (bounces have no domain to check)."""
     if not env.mail_from:
