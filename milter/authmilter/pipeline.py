@@ -30,6 +30,7 @@ from typing import Any
 
 from authmilter.checkresults import Results, StepOutput, dnssec_summary
 from authmilter.checks import forwarder as forwarder_check
+from authmilter.checks.arc import check as arc_check
 from authmilter.checks import iprev as iprev_check
 from authmilter.checks import sender as sender_check
 from authmilter.checks import spf as spf_check
@@ -151,6 +152,15 @@ def _run_dmarc(i: Inputs):
     return dmarc_check.check_dmarc(i.ctx.message, i.done["spf"], i.done["dkim"], i.dns, i.cfg.dmarc)
 
 
+def _run_arc(i: Inputs):
+    ip = unmapped(i.ctx.connection.client_ip)
+    return arc_check.check_arc(i.ctx.message, i.dns, i.cfg.dkim, remote_ip=str(ip) if ip is not None else "")
+
+
+def _arc_body_plan(msg: Message, cfg: Config) -> frozenset:
+    return arc_check.body_hash_keys(msg)
+
+
 def _dkim_body_plan(msg: Message, cfg: Config) -> frozenset:
     # The same steps as the table: the author domain orders the signatures, and dkim picks them.
     return dkim_check.body_hash_keys(msg, cfg.dkim, dmarc_check.author_domain(msg))
@@ -171,6 +181,9 @@ CHECKS: tuple[CheckSpec, ...] = (
               lookup_stage=Stage.EOH, shown=True, always_logged=True, body_plan=_dkim_body_plan),
     CheckSpec("dmarc", ("spf", "dkim"), _run_dmarc, lambda cfg: cfg.dmarc.enabled,
               lookup_stage=Stage.EOH, shown=True, always_logged=True),
+    # Opt-in (issue 14): with [arc] enabled every checked message gets an arc= entry, "none" without ARC sets.
+    CheckSpec("arc", (), _run_arc, lambda cfg: cfg.arc.enabled,
+              lookup_stage=Stage.EOH, shown=True, body_plan=_arc_body_plan),
 )
 
 ORDERED_CHECKS = order_checks(CHECKS)

@@ -69,4 +69,6 @@ class ArcResult:
         if self.hops:
             fields["arc_i"] = str(self.hops[-1].instance)
             fields["arc_d"] = self.hops[-1].seal_domain or "-"
+        if self.newest_auth is not None and self.newest_auth.remote_ip:
+            fields["arc_hop_ip"] = self.newest_auth.remote_ip  # the client the newest sealer recorded
         return fields
