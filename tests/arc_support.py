@@ -32,13 +32,13 @@ def as_list_mail(message: bytes) -> bytes:
     return message + b"-- \r\nlist footer\r\n"
 
 
-def seal(message: bytes, sealer: str, recorded: str, *, change=as_list_mail) -> bytes:
+def seal(message: bytes, sealer: str, recorded: str, *, change=as_list_mail, private_key: bytes = PRIVATE_KEY) -> bytes:
     """`message` (CRLF) as `sealer` forwards it: its Authentication-Results header saying `recorded` (the
     results without the authserv-id, e.g. "dmarc=pass header.from=example.org"), the change a list makes, then
     the next ARC set on top. The chain's cv comes from an "arc=" result in `recorded` (none for the first hop)."""
     received = f"Authentication-Results: {sealer}; {recorded}\r\n".encode() + message
     changed = change(received)
-    arc_set = dkimpy.arc_sign(changed, SELECTOR.encode(), sealer.encode(), PRIVATE_KEY, sealer.encode(),
+    arc_set = dkimpy.arc_sign(changed, SELECTOR.encode(), sealer.encode(), private_key, sealer.encode(),
                               include_headers=SEALED_HEADERS)
     if not arc_set:
         raise ValueError("dkimpy made no ARC set (no Authentication-Results of the sealer?)")
