@@ -45,8 +45,8 @@ def read_aar(payload: str) -> HopAuth:
             mailfrom = props.get(("smtp", "mailfrom"), "")
             spf.append(_domain(mailfrom.rpartition("@")[2]))
         elif method == "dkim" and status == "pass":
-            spf_or_dkim = props.get(("header", "d"), "") or props.get(("header", "i"), "").rpartition("@")[2]
-            dkim.append(_domain(spf_or_dkim))
+            signer = props.get(("header", "d"), "") or props.get(("header", "i"), "").rpartition("@")[2]
+            dkim.append(_domain(signer))
         for prop in (("smtp", "remote-ip"), ("policy", "iprev")):
             if not remote_ip and prop in props:
                 remote_ip = _ip(props[prop])
