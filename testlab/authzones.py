@@ -150,6 +150,8 @@ def auth_records() -> dict[str, list[str]]:
         "fwd.example": [
             f'@ TXT "v=spf1 ip4:{SRS_FORWARDER_V4} ip4:{TRUSTED_FORWARDER_V4} ip4:{TRUSTED_HOST_V4} -all"', mx,
             f"lists A {TRUSTED_HOST_V4}",
+            # ARC (issue 14): lists.fwd.example seals with the lab RSA key under selector "arc".
+            _dkim("arc._domainkey.lists", k.rsa),
             f"confirmed A {TWO_PTR_V4}",     # unconfirmed.fwd.example has no address at all
         ],
         "fwd2.example": [f'@ TXT "v=spf1 ip4:{SRS1_FORWARDER_V4} -all"', mx],

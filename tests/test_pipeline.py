@@ -49,7 +49,7 @@ def spec(name, needs=(), enabled=True, log=None, value=None):
 def test_real_table_order_respects_every_dependency():
     names = [s.name for s in ORDERED_CHECKS]
     assert names == ["relay", "iprev", "srs", "spf", "sender", "forwarder", "author_domain", "dkim", "dmarc",
-                     "singletons"]
+                     "singletons", "arc"]
     for position, check in enumerate(ORDERED_CHECKS):
         assert set(check.needs) <= set(names[:position])
 

@@ -570,6 +570,30 @@ class SigningSection:
                            maximum=3650)
 
 
+def parse_domains(text: str) -> tuple[str, ...]:
+    """Comma-separated domain names, lower-case, without a trailing dot."""
+    domains = []
+    for item in split_list(text):
+        domain = item.strip().rstrip(".").lower()
+        labels = domain.split(".")
+        if not domain or len(domain) > 253 or any(
+                not label or len(label) > 63 or not all(ch.isalnum() or ch in "-_" for ch in label)
+                for label in labels):
+            raise ValueError(f"not a domain name: {item!r}")
+        domains.append(domain)
+    return tuple(dict.fromkeys(domains))
+
+
+@dataclass(frozen=True, slots=True)
+class ArcSection:
+    enabled: bool = key(False, "verify ARC chains (RFC 8617): every checked message gets an arc= entry")
+    trusted_sealers: tuple[str, ...] = key((), "sealing domains (ARC-Seal d=) whose recorded DMARC pass may "
+                                               "override our DMARC fail (empty: no override)",
+                                           parse=parse_domains)
+    trusted_sealer_action: Action = key(Action.ACCEPT, "DMARC fail of mail a trusted sealer saw pass",
+                                        choices=("accept", "quarantine"))
+
+
 @dataclass(frozen=True, slots=True)
 class Config:
     milter: MilterSection = field(default_factory=MilterSection)
@@ -587,6 +611,7 @@ class Config:
     signing: SigningSection = field(default_factory=SigningSection)
     metrics: MetricsSection = field(default_factory=MetricsSection)
     reports: ReportsSection = field(default_factory=ReportsSection)
+    arc: ArcSection = field(default_factory=ArcSection)
     source: str = DEFAULTS_SOURCE
     # Where the values came from; not part of what a config means, so two configs with the same values are equal.
     dropins: tuple[str, ...] = field(default=(), compare=False)   # conf.d files read after `source`, in order

@@ -36,6 +36,7 @@ from typing import Any
 
 from authmilter.checkresults import Results, StepOutput, dnssec_summary
 from authmilter.checks import forwarder as forwarder_check
+from authmilter.checks.arc import check as arc_check
 from authmilter.checks import iprev as iprev_check
 from authmilter.checks import singletons as singletons_check
 from authmilter.checks import relayed as relayed_check
@@ -211,6 +212,16 @@ def _run_singletons(i: Inputs):
     return singletons_check.find_duplicates(i.ctx.message)
 
 
+def _run_arc(i: Inputs):
+    conn, _relay = relayed_check.judged_connection(i.ctx, i.cfg.trust)
+    ip = unmapped(conn.client_ip) if conn is not None else None
+    return arc_check.check_arc(i.ctx.message, i.dns, i.cfg.dkim, remote_ip=str(ip) if ip is not None else "")
+
+
+def _arc_body_plan(msg: Message, cfg: Config) -> frozenset:
+    return arc_check.body_hash_keys(msg)
+
+
 def _dkim_body_plan(msg: Message, cfg: Config) -> frozenset:
     # The same steps as the table: the author domain orders the signatures, and dkim picks them.
     return dkim_check.body_hash_keys(msg, cfg.dkim, dmarc_check.author_domain(msg))
@@ -247,6 +258,9 @@ CHECKS: tuple[CheckSpec, ...] = (
               lookup_stage=Stage.EOH, shown=True, always_logged=True, prefetch=_dmarc_prefetch),
     # Always found (one pass over the header), whatever the action: "accept" still records them (issue 14).
     CheckSpec("singletons", (), _run_singletons, lookup_stage=Stage.EOH, shown=True),
+    # Opt-in (issue 14): with [arc] enabled every checked message gets an arc= entry, "none" without ARC sets.
+    CheckSpec("arc", (), _run_arc, lambda cfg: cfg.arc.enabled,
+              lookup_stage=Stage.EOH, shown=True, body_plan=_arc_body_plan),
 )
 
 ORDERED_CHECKS = order_checks(CHECKS)

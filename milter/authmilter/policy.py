@@ -11,6 +11,8 @@ wins; a rule whose configured action is "accept" returns None, so later rules st
      reader sees, while the signature covers the other);
   3. a trusted forwarder's DMARC fail is handled by [forwarders] dmarc_fail_action, and never more strictly than
      DMARC itself would have been handled;
+  3b. so is a DMARC fail of mail whose valid ARC chain was last sealed by one of [arc] trusted_sealers that
+     recorded a DMARC (or aligned SPF/DKIM) pass ([arc] trusted_sealer_action; RFC 8617 §7.2.2 local_policy);
   4. DMARC reject, then the other permanent refusals (null MX, SPF fail, SPF permerror, iprev fail, a sender
      domain without addresses): a DMARC verdict is the domain owner's own word and names the best reason;
   5. temporary failures (DMARC, SPF, iprev temperror): a retry may give a definite answer, so they come before
@@ -138,6 +140,50 @@ def trusted_forwarder_dmarc(results: Results, ctx: MessageContext, cfg: Config) 
     return Verdict(action, text=safe_reply_text(text), reason=reason, overridden="trusted_forwarder")
 
 
+ARC_OVERRIDE = "trusted_arc_sealer"
+
+
+def trusted_arc_chain(results: Results, cfg: Config):
+    """The ArcResult whose newest hop a listed sealer vouches for (issue 14), or None: the chain validated, its
+    newest ARC-Seal's d= is in [arc] trusted_sealers, and that hop's ARC-Authentication-Results recorded a DMARC
+    pass for our From domain, or an SPF or DKIM pass aligned with it (under the published adkim/aspf)."""
+    arc, dmarc = results.get("arc"), results.dmarc
+    if arc is None or arc.status != Status.PASS or not cfg.arc.trusted_sealers:
+        return None
+    hop, auth = arc.newest, arc.newest_auth
+    if hop is None or auth is None or hop.seal_domain.lower().rstrip(".") not in cfg.arc.trusted_sealers:
+        return None
+    if dmarc is None or not dmarc.from_domain:
+        return None
+    from_domain = dmarc.from_domain.lower().rstrip(".")
+    if auth.dmarc_pass and auth.dmarc_from == from_domain:
+        return arc
+    org = (dmarc.org_domain or from_domain).lower().rstrip(".")
+
+    def aligned(domain: str, strict: bool) -> bool:
+        return domain == from_domain or (not strict and (domain == org or domain.endswith("." + org)))
+    if any(aligned(d, dmarc.adkim == "s") for d in auth.dkim_pass_domains) \
+            or any(aligned(d, dmarc.aspf == "s") for d in auth.spf_pass_domains):
+        return arc
+    return None
+
+
+def trusted_arc_sealer(results: Results, ctx: MessageContext, cfg: Config) -> Verdict | None:
+    arc = trusted_arc_chain(results, cfg)
+    if arc is None:
+        return None
+    would = _dmarc_disposition(results, cfg)
+    if would is None:
+        return None
+    # As for a trusted forwarder: the operator's action instead of DMARC's, never stricter than DMARC alone.
+    action = min(would.action, cfg.arc.trusted_sealer_action, key=_SEVERITY.__getitem__)
+    reason = f"{ARC_OVERRIDE}:{would.reason}"
+    if action is would.action:
+        return Verdict(action, would.code, would.status, would.text, reason, overridden="local_policy")
+    text = "" if action is Action.ACCEPT else f"DMARC fail, sealed by trusted ARC sealer {arc.newest.seal_domain}"
+    return Verdict(action, text=safe_reply_text(text), reason=reason, overridden="local_policy")
+
+
 def dmarc_reject(results: Results, ctx: MessageContext, cfg: Config) -> Verdict | None:
     verdict = _dmarc_disposition(results, cfg)
     return verdict if verdict is not None and verdict.reason == "dmarc_reject" else None
@@ -243,6 +289,7 @@ RULES: tuple[Rule, ...] = (
     dmarc_from_error,
     duplicate_headers,
     trusted_forwarder_dmarc,
+    trusted_arc_sealer,
     dmarc_reject,
     null_mx,
     spf_fail,
@@ -305,7 +352,7 @@ def decide(results: Results, ctx: MessageContext, cfg: Config, *,
     """The one verdict for a message at end of message."""
     verdict = next((v for v in (rule(results, ctx, cfg) for rule in rules) if v is not None), ACCEPT)
     verdict = _exempted(verdict, ctx.envelope.rcpts, cfg)
-    notes = header_notes(results) + duplicate_header_notes(results)
+    notes = header_notes(results) + duplicate_header_notes(results) + arc_notes(results, verdict)
     return dataclasses.replace(verdict, notes=notes) if notes else verdict
 
 
@@ -341,6 +388,15 @@ def duplicate_header_notes(results: Results) -> tuple[Note, ...]:
         return ()
     method = "dmarc" if results.dmarc is not None else "dkim"
     return (Note(method, duplicates.describe()),)
+
+
+def arc_notes(results: Results, verdict: Verdict) -> tuple[Note, ...]:
+    """The trusted-sealer override beside the DMARC result it overrode, worded as the report's local_policy
+    comment (RFC 8617 §7.2.2), so header, log and report name the same hop."""
+    if f"{ARC_OVERRIDE}:" not in verdict.reason:
+        return ()
+    arc = results.get("arc")
+    return (Note("dmarc", f"override=local_policy {arc.override_comment()}"),) if arc is not None else ()
 
 
 def decide_recipient(rcpt: str, checks: Mapping[str, Any], cfg: Config) -> Verdict:

@@ -24,6 +24,7 @@ from dataclasses import dataclass
 from authmilter.config import Config
 from authmilter.context import unmapped
 from authmilter.observers import Judged
+from authmilter.policy import ARC_OVERRIDE
 from authmilter.reports.model import DkimAuth, Observation, Override, PublishedPolicy, RowKey, SpfAuth
 from authmilter.results import Action, Status
 
@@ -147,9 +148,14 @@ def _reasons(judged: Judged, asked: str, final: str) -> tuple[Override, ...]:
         if reason.startswith(prefix + ":"):
             exemption, reason = prefix, reason[len(prefix) + 1:]
     forwarded = verdict.overridden == "trusted_forwarder" or reason.startswith("trusted_forwarder:")
+    arc = judged.results.get("arc")
+    # policy.trusted_arc_sealer: RFC 8617 §7.2.2's local_policy reason with the arc=pass as[N].d= comment.
+    sealed = reason.startswith(f"{ARC_OVERRIDE}:") and arc is not None
     reasons = []
     if forwarded:
         reasons.append(Override("trusted_forwarder", clean(judged.results.forwarder, COMMENT_MAX)))
+    if sealed:
+        reasons.append(Override("local_policy", clean(arc.override_comment(), COMMENT_MAX)))
     if dmarc.testing and dmarc.status is Status.FAIL and dmarc.policy in _ENFORCING:
         # t=y (or pct=0): the requested disposition was lowered one step before anything local applied.
         reasons.append(Override("policy_test_mode", f"t=y: {dmarc.policy} applied as {dmarc.disposition}"))
@@ -159,9 +165,11 @@ def _reasons(judged: Judged, asked: str, final: str) -> tuple[Override, ...]:
             comment = f"monitor mode (would have been {reason})"
         elif exemption == "postmaster":
             comment = f"postmaster or abuse recipients only (would have been {reason})"
-        elif not forwarded and _SEVERITY[final] > _SEVERITY[asked]:
+        elif forwarded or sealed:
+            pass  # the override above says why
+        elif _SEVERITY[final] > _SEVERITY[asked]:
             comment = f"{final} by local rule {reason}"  # SPF, iprev, null MX, header limit...
-        elif not forwarded:
+        else:
             comment = f"local action for a DMARC {asked}: {final}"  # [dmarc] reject_action / quarantine_action
         if comment:
             reasons.append(Override("local_policy", clean(comment, COMMENT_MAX)))
