@@ -50,14 +50,16 @@ class EarlyDns:
         self._inner = inner
         self._pool = pool
         self._lock = threading.Lock()
-        self._prefetched: dict[tuple[tuple[bytes, ...], str], Future] = {}
-        self._consumed: set[tuple[tuple[bytes, ...], str]] = set()
-        self._count = 0
+        self._prefetched: dict[tuple[tuple[bytes, ...], str], Future] = {}   # not yet read by any check
+        self._read: set[tuple[tuple[bytes, ...], str]] = set()
+        self._extra = 0
         self._abandoned = False
 
     @property
     def query_count(self) -> int:
-        return self._count
+        # The inner client counted every lookup once, whoever asked it: the checks' questions are those, less
+        # the prefetches nobody read (final once settle() has run, at the verdict).
+        return self._inner.query_count - self._extra
 
     @property
     def deadline_expired(self) -> bool:
@@ -65,11 +67,12 @@ class EarlyDns:
 
     def settle(self) -> int:
         """At the verdict: drop the prefetches still queued (nobody will read them) and count those that went
-        out for nothing. Each of these was asked of the inner client exactly once, so the log's dns_queries plus
-        dns_extra is every lookup this message made."""
+        out for nothing. Each was asked of the inner client exactly once, so the log's dns_queries plus dns_extra
+        is every lookup this message made."""
         with self._lock:
-            unread = [future for key, future in self._prefetched.items() if key not in self._consumed]
-        return sum(1 for future in unread if not future.cancel())
+            unread, self._prefetched = list(self._prefetched.values()), {}
+        self._extra += sum(1 for future in unread if not future.cancel())
+        return self._extra
 
     def is_cached(self, name: str, rdtype: str) -> bool:
         """A question the cache answers now is asked in microseconds by whoever needs it: handing it to a
@@ -82,28 +85,29 @@ class EarlyDns:
         return self._abandoned
 
     def prefetch(self, name: str, rdtype: str) -> None:
-        if self._pool is None:
+        """Ask now, on a worker, unless the cache has it (the check will find it there) or it was asked."""
+        if self._pool is None or self.is_cached(name, rdtype):
             return
         key = _key(name, rdtype)
         if key is None:
             return
         with self._lock:
-            if self._abandoned or key in self._prefetched or key in self._consumed:
+            if self._abandoned or key in self._prefetched or key in self._read:
                 return
             future = self._pool.submit(lambda: self._inner.query(name, rdtype))
             if future is not None:
                 self._prefetched[key] = future
 
     def query(self, name: str, rdtype: str) -> Answer:
-        key = _key(name, rdtype)
-        if key is None:
+        if self._abandoned:
+            return Answer(str(name).rstrip("."), str(rdtype).upper(), Outcome.TIMEOUT, detail=ENDED)
+        if not self._prefetched:  # the common case with a warm cache: no bookkeeping at all
             return self._inner.query(name, rdtype)
+        key = _key(name, rdtype)
         with self._lock:
-            self._count += 1
-            if self._abandoned:
-                return Answer(str(name).rstrip("."), str(rdtype).upper(), Outcome.TIMEOUT, detail=ENDED)
-            pending = self._prefetched.get(key) if key not in self._consumed else None
-            self._consumed.add(key)  # asked: a prefetch of it from now on would only be an extra lookup
+            pending = self._prefetched.pop(key, None) if key is not None else None
+            if pending is not None:
+                self._read.add(key)
         if pending is None:
             return self._inner.query(name, rdtype)
         if pending.cancel():  # still queued behind other work: asking here is sooner than waiting for a worker
@@ -129,17 +133,17 @@ class _Step:
 
     Whoever asks for the result of a step nobody has started runs it on their own thread rather than wait for a
     worker, so a busy pool delays nothing beyond the serial code, and a step that needs another never waits for
-    work stuck in the queue (the table is acyclic, so no two steps wait on each other).
+    work stuck in the queue (the table is acyclic, so no two steps wait on each other). The lock is held while
+    the step runs, so whoever asks meanwhile waits on it for the result: one lock, no event.
     """
 
-    __slots__ = ("name", "_func", "_lock", "_state", "_done", "_value", "_error", "_future")
+    __slots__ = ("name", "_func", "_lock", "_state", "_value", "_error", "_future")
 
     def __init__(self, name: str, func: Callable[[], Any]) -> None:
         self.name = name
         self._func = func
         self._lock = threading.Lock()
         self._state = "pending"
-        self._done = threading.Event()
         self._value: Any = None
         self._error: BaseException | None = None
         self._future: Future | None = None
@@ -151,28 +155,29 @@ class _Step:
         with self._lock:
             if self._state != "pending":
                 return
-            self._state = "running"
-        try:
-            self._value = self._func()
-        except BaseException as exc:  # re-raised where the result is read: a check that raises is a bug
-            self._error = exc
-        finally:
-            self._func = None  # drop the inputs it closed over as soon as it is done
-            self._done.set()
+            try:
+                self._value = self._func()
+            except BaseException as exc:  # re-raised where the result is read: a check that raises is a bug
+                self._error = exc
+            finally:
+                self._func = None  # drop the inputs it closed over as soon as it is done
+                self._state = "done"
 
     def result(self) -> Any:
         self.run()
-        self._done.wait()
         if self._error is not None:
             raise self._error
         return self._value
 
     def cancel(self) -> None:
-        with self._lock:
-            if self._state == "pending":
-                self._state = "cancelled"
-                self._func = None
-                self._done.set()
+        # Never waits: a step already running ends on its own (its lookups return at once once abandoned).
+        if self._lock.acquire(blocking=False):
+            try:
+                if self._state == "pending":
+                    self._state = "cancelled"
+                    self._func = None
+            finally:
+                self._lock.release()
         if self._future is not None:
             self._future.cancel()
 
@@ -206,8 +211,7 @@ class EarlyWork:
             return
         self._prefetched_for.add(name)
         for qname, rdtype in lookups:
-            if not self.dns.is_cached(qname, rdtype):
-                self.dns.prefetch(qname, rdtype)
+            self.dns.prefetch(qname, rdtype)
 
     def prefetched(self, name: str) -> bool:
         return name in self._prefetched_for

@@ -396,8 +396,9 @@ def evaluate(ctx: MessageContext, dns: DnsClient, cfg: Config, *, now: float,
         else:
             done[spec.name] = spec.run(Inputs(ctx, dns, cfg, now, view))
     steps = _outputs(ordered, done)
+    extra = early.dns.settle() if early is not None else 0  # first: the query count is final once settled
     return Results(steps, dns_queries=dns.query_count, dns_deadline_expired=dns.deadline_expired,
-                   dnssec=dnssec_summary(steps), dns_extra=early.dns.settle() if early is not None else 0)
+                   dnssec=dnssec_summary(steps), dns_extra=extra)
 
 
 def _outputs(ordered: Sequence[CheckSpec], done: Mapping[str, Any]) -> tuple[StepOutput, ...]:

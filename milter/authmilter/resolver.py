@@ -210,6 +210,14 @@ def to_a_labels(name: str) -> str | None:
 def name_key(name: str) -> tuple[bytes, ...] | None:
     """The name as the cache compares it (lower-cased labels), or None when it cannot be asked (INVALID_NAME,
     which no client counts as a query)."""
+    if isinstance(name, str) and len(name) <= _MEMO_NAME_CHARS:
+        return _name_key_memo(name)
+    qname, _ = _query_name_and_text(name)
+    return None if isinstance(qname, str) else _cache_labels(qname)
+
+
+@functools.lru_cache(maxsize=1024)  # asked several times per message for the same few names (early.py)
+def _name_key_memo(name: str) -> tuple[bytes, ...] | None:
     qname, _ = _query_name_and_text(name)
     return None if isinstance(qname, str) else _cache_labels(qname)
 
