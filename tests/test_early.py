@@ -358,3 +358,28 @@ def test_reject_at_rcpt_with_the_dmarc_override_is_refused_at_start_up():
     cfg = parse_config_text("[spf]\nfail_action = reject\nreject_at = rcpt\n[policy]\n"
                             "dmarc_pass_overrides_spf = no\n", "F.ini")
     assert cfg.spf.reject_at == "rcpt"
+
+
+def test_arc_keys_are_asked_at_end_of_headers_and_used_by_the_chain_check():
+    """ARC (opt-in) verifies at end of message; its keys were asked side by side at end of headers."""
+    from authmilter.checks.arc import check as arc_check
+    from tests import arc_support
+    from tests.reports_helpers import message as parsed
+    from tests.test_arc import ARC_ZONE, FWD, list_mail
+    message = parsed(arc_support.seal(list_mail(), FWD, "arc=pass smtp.remote-ip=192.0.2.7"))  # two hops
+    names = [name for name, _ in arc_check.key_lookups(message)]
+    assert names and len(names) == len(set(names))
+    inner = FakeDns(ARC_ZONE)
+    pool = WorkerPool(2)
+    try:
+        dns = EarlyDns(inner, pool)
+        for name in names:
+            dns.prefetch(name, "TXT")
+        _wait_until(lambda: len(inner.asked) == len(names))
+        result = arc_check.check_arc(message, dns, Config().dkim)
+        assert len(result.hops) == 2
+        assert str(result.status) == "pass"
+        assert dns.settle() == 0                          # every key asked ahead was the chain's
+        assert len(inner.asked) == len(names)             # and none was asked twice
+    finally:
+        pool.close()

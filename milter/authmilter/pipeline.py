@@ -218,6 +218,10 @@ def _run_arc(i: Inputs):
     return arc_check.check_arc(i.ctx.message, i.dns, i.cfg.dkim, remote_ip=str(ip) if ip is not None else "")
 
 
+def _arc_prefetch(i: Inputs) -> Iterable[tuple[str, str]]:
+    return arc_check.key_lookups(i.ctx.message)
+
+
 def _arc_body_plan(msg: Message, cfg: Config) -> frozenset:
     return arc_check.body_hash_keys(msg)
 
@@ -260,7 +264,7 @@ CHECKS: tuple[CheckSpec, ...] = (
     CheckSpec("singletons", (), _run_singletons, lookup_stage=Stage.EOH, shown=True),
     # Opt-in (issue 14): with [arc] enabled every checked message gets an arc= entry, "none" without ARC sets.
     CheckSpec("arc", (), _run_arc, lambda cfg: cfg.arc.enabled,
-              lookup_stage=Stage.EOH, shown=True, body_plan=_arc_body_plan),
+              lookup_stage=Stage.EOH, shown=True, body_plan=_arc_body_plan, prefetch=_arc_prefetch),
 )
 
 ORDERED_CHECKS = order_checks(CHECKS)

@@ -53,6 +53,22 @@ def body_hash_keys(msg: Message) -> frozenset[BodyHashKey]:
     return frozenset({ams.body_key})
 
 
+def key_lookups(msg: Message) -> list[tuple[str, str]]:
+    """The key records check_arc will look up if the chain holds (the newest AMS's, every seal's), known at end
+    of headers so they can be asked side by side; none for a chain that fails on its structure."""
+    if msg.headers_truncated:
+        return []
+    try:
+        sets = collect_sets(msg)
+        if not sets:
+            return []
+        signatures = [read_ams(sets[-1].instance, sets[-1].ams_tags)]
+        signatures += [read_seal(arc_set.instance, arc_set.seal_tags) for arc_set in reversed(sets)]
+    except (ChainProblem, ArcSignatureProblem):
+        return []
+    return [(name, "TXT") for name in dict.fromkeys(key_name(sig) for sig in signatures)]
+
+
 class _Keys:
     """The keys of one message's chain: a hop's seal and AMS usually share a selector, so it is asked once."""
 
