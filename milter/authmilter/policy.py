@@ -104,7 +104,7 @@ def duplicate_headers(results: Results, ctx: MessageContext, cfg: Config) -> Ver
     if not duplicates:
         return None
     # RFC 5322 §3.6 allows these fields once; a second one on top of a signed message is shown to the reader while
-    # the signature vouches for the other ("Splitting the email atom", 2024). Gmail refuses such mail with 5.7.1
+    # the signature vouches for the other (RFC 6376 §8.15). Gmail refuses such mail with 5.7.1
     # too. Like a repeated From: the signature cannot say which one the sender meant.
     return _verdict(cfg.policy.duplicate_headers_action, "duplicate_headers",
                     f"Message is not RFC 5322 compliant: {duplicates.describe()}")

@@ -1,7 +1,7 @@
 """Header fields that RFC 5322 §3.6 allows at most once, found more than once.
 
-A second Subject (or Date, To...) above a validly signed message is the spoof of "Splitting the email atom"
-(2024): the DKIM signature covers the lower instance (RFC 6376 §5.4.2 signs header fields bottom-up), while most
+A second Subject (or Date, To...) above a validly signed message is the spoof of RFC 6376 §8.15 (shown against
+real mail readers in "Composition Kills", USENIX Security 2020): the DKIM signature covers the lower instance (RFC 6376 §5.4.2 signs header fields bottom-up), while most
 mail readers show the upper one. So the signature, and the DMARC pass built on it, vouch for text nobody reads.
 This module only finds the repeats; policy decides what to do about them ([policy] duplicate_headers_action).
 
