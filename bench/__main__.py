@@ -21,8 +21,8 @@ from pathlib import Path
 NS_ENV = "AUTHMILTER_BENCH_NETNS"
 
 
-def _in_namespace(argv: list[str]) -> int:
-    """Re-run this module inside a fresh namespace whose resolv.conf points at 127.0.0.1."""
+def _in_namespace(argv: list[str], module: str = "bench") -> int:
+    """Re-run this module (or another bench module) inside a fresh namespace whose resolv.conf points at 127.0.0.1."""
     name = f"authmilter-bench-{os.getpid()}"
     etc = Path("/etc/netns") / name
     subprocess.run(["ip", "netns", "add", name], check=True)
@@ -31,7 +31,7 @@ def _in_namespace(argv: list[str]) -> int:
         (etc / "resolv.conf").write_text("nameserver 127.0.0.1\n")
         subprocess.run(["ip", "netns", "exec", name, "ip", "link", "set", "lo", "up"], check=True)
         env = dict(os.environ, **{NS_ENV: name})
-        return subprocess.run(["ip", "netns", "exec", name, "timeout", "3000", sys.executable, "-m", "bench",
+        return subprocess.run(["ip", "netns", "exec", name, "timeout", "3000", sys.executable, "-m", module,
                                *argv], env=env).returncode
     finally:
         subprocess.run(["ip", "netns", "del", name], check=False)
