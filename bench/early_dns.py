@@ -320,18 +320,21 @@ def _verdict(rows: list[dict]) -> None:
     for row in rows:
         if row["milter"] == "authmilter early" and row["rtt_ms"]:
             rtt = row["rtt_ms"]
+            busy = row["msgs_per_s"] * row["cpu_ms_per_msg"] / 10
             print(f"target c={row['concurrency']}: p50 {row['p50_ms']:.1f} ms <= {2 * rtt:.0f} "
                   f"{_met(row['p50_ms'] <= 2 * rtt)}, p99 {row['p99_ms']:.1f} ms <= {4 * rtt:.0f} "
-                  f"{_met(row['p99_ms'] <= 4 * rtt)}, threads {row['threads_max']} <= {row['threads_bound']} "
-                  f"{_met(row['threads_max'] <= row['threads_bound'])}")
+                  f"{_met(row['p99_ms'] <= 4 * rtt)} (the milter busy {busy:.0f}% of one CPU, "
+                  f"{row['cpu_ms_per_msg']:.1f} ms CPU per message)")
         if row["threads_max"] is not None:
             # Pool workers are kept once made, libmilter's connection threads end with their connection: what is
-            # left after the run is the idle threads plus the pool, the rest of the peak was per connection.
+            # left after the run is the idle threads plus the pool; the rest of the peak was libmilter's own.
             pool = row["threads_after"] - row["threads_idle"]
-            print(f"  {row['milter']} c={row['concurrency']} threads: idle {row['threads_idle']}, pool kept "
-                  f"{pool} (bound {row['threads_bound'] - row['threads_idle'] - row['concurrency']}), peak "
-                  f"{row['threads_max']} = idle + pool + {row['threads_max'] - row['threads_after']} others "
-                  f"(connections: {row['concurrency']})")
+            workers = row["threads_bound"] - row["threads_idle"] - row["concurrency"]
+            print(f"  threads {row['milter']} c={row['concurrency']}: peak {row['threads_max']} (bound "
+                  f"{row['threads_bound']} = workers {workers} + connections {row['concurrency']} + idle "
+                  f"{row['threads_idle']}) {_met(row['threads_max'] <= row['threads_bound'])}; pool kept {pool} "
+                  f"<= {workers} {_met(pool <= workers)}, libmilter's at the peak "
+                  f"{row['threads_max'] - row['threads_after']}")
 
 
 def _met(ok: bool) -> str:
