@@ -85,11 +85,13 @@ def _ok(reply) -> bool:
     return reply is None or reply.code in ("c", "s")
 
 
-def send_one(sockets: list[str], number: int, rtt: float) -> tuple[float, str, str]:
+def send_one(sockets: list[str], number: int, rtt: float) -> tuple[float | None, str, str]:
     """One SMTP transaction of a pipelining client through a chain of milters: (seconds from end of message to
-    the last milter's final reply, that reply, the Authentication-Results values the milters added)."""
+    the last milter's final reply or None when it never got there, that reply, the Authentication-Results values
+    the milters added)."""
     headers, body = _MESSAGES[number]
-    ip, helo, sender, queue_id = client_ip(number), host_name(number), f"news@{sender_domain(number)}", f"E{number:08X}"
+    ip, helo, sender = client_ip(number), host_name(number), f"news@{sender_domain(number)}"
+    queue_id = f"E{number:08X}"
     clients = [MilterClient(address) for address in sockets]
     try:
         for client in clients:
@@ -105,7 +107,7 @@ def send_one(sockets: list[str], number: int, rtt: float) -> tuple[float, str, s
             for client in clients:
                 reply = event(client)
                 if not _ok(reply):
-                    return 0.0, f"{reply.name} before end of message", ""
+                    return None, f"{reply.name} before end of message", ""
         time.sleep(rtt)  # the pipelining client waits one round trip for the 354, then sends the content
         started = time.perf_counter()
         results: list[str] = []
@@ -187,6 +189,7 @@ class CaseResult:
     log_queries_per_msg: float | None = None  # authmilter: dns_queries + dns_extra from its log lines
     log_extra_per_msg: float | None = None
     log_lines: int | None = None
+    log_ms_p50: float | None = None           # the log line's ms=: the milter's own end of message to verdict
     threads_idle: int | None = None
     threads_max: int | None = None
     threads_bound: int | None = None      # [dns] workers + one per connection + the idle ones
@@ -213,9 +216,10 @@ HEADER = (f"{'milter':<22} {'c':>3} {'msgs':>5} {'p50 ms':>8} {'RTT':>5} {'p99 m
           f"{'cpu':>6}")
 
 
-def _log_counts(log: Path) -> tuple[int, int, int]:
-    """(log lines with dns_queries=, their dns_queries sum, their dns_extra sum)."""
+def _log_counts(log: Path) -> tuple[int, int, int, list[float]]:
+    """(log lines with dns_queries=, their dns_queries sum, their dns_extra sum, their ms= values)."""
     lines = queries = extra = 0
+    spent: list[float] = []
     for line in log.read_text(errors="replace").splitlines():
         found = re.search(r"\bdns_queries=(\d+)", line)
         if found:
@@ -223,7 +227,10 @@ def _log_counts(log: Path) -> tuple[int, int, int]:
             queries += int(found.group(1))
             more = re.search(r"\bdns_extra=(\d+)", line)
             extra += int(more.group(1)) if more else 0
-    return lines, queries, extra
+            took = re.search(r"\bms=([0-9.]+)", line)
+            if took:
+                spent.append(float(took.group(1)))
+    return lines, queries, extra, spent
 
 
 def run_case(running: milters.RunningMilter, server: DelayedDnsServer, numbers: list[int], *, concurrency: int,
@@ -241,7 +248,7 @@ def run_case(running: milters.RunningMilter, server: DelayedDnsServer, numbers: 
     elapsed = time.perf_counter() - began
     cpu = procstat.sample(running.pids).cpu_seconds - cpu_before
     queries = server.queries - before
-    latencies = sorted(r[0] * 1000 for r in results)
+    latencies = sorted(r[0] * 1000 for r in results if r[0] is not None) or [float("nan")]
     replies: dict[str, int] = {}
     for _, reply, _ in results:
         replies[reply] = replies.get(reply, 0) + 1
@@ -254,7 +261,8 @@ def run_case(running: milters.RunningMilter, server: DelayedDnsServer, numbers: 
         server_queries_per_msg=queries / len(results), oversize_replies=server.oversize - oversize_before)
     if log is not None:
         time.sleep(0.5)  # the log line is written after the reply; libmilter's connection threads end
-        lines, logged, extra = _log_counts(log)
+        lines, logged, extra, spent = _log_counts(log)
+        result.log_ms_p50 = statistics.median(spent) if spent else None
         result.log_lines = lines
         result.log_queries_per_msg = (logged + extra) / len(results)
         result.log_extra_per_msg = extra / len(results)
@@ -324,7 +332,7 @@ def _verdict(rows: list[dict]) -> None:
             print(f"target c={row['concurrency']}: p50 {row['p50_ms']:.1f} ms <= {2 * rtt:.0f} "
                   f"{_met(row['p50_ms'] <= 2 * rtt)}, p99 {row['p99_ms']:.1f} ms <= {4 * rtt:.0f} "
                   f"{_met(row['p99_ms'] <= 4 * rtt)} (the milter busy {busy:.0f}% of one CPU, "
-                  f"{row['cpu_ms_per_msg']:.1f} ms CPU per message)")
+                  f"{row['cpu_ms_per_msg']:.1f} ms CPU per message; its log's ms= p50 {row['log_ms_p50']:.1f})")
         if row["threads_max"] is not None:
             # Pool workers are kept once made, libmilter's connection threads end with their connection: what is
             # left after the run is the idle threads plus the pool; the rest of the peak was libmilter's own.
