@@ -146,7 +146,8 @@ def answer(wire: bytes, dkim_key: str) -> tuple[bytes | None, bool]:
 
 def _serve(sock: socket.socket, rtt: float, dkim_key: str, counts, stop, lifetime: float) -> None:
     """The server process: read every datagram that came in, schedule its reply at arrival + rtt, send what is
-    due. counts[0]: queries, counts[1]: replies too big for UDP."""
+    due. counts[0]: queries, counts[1]: replies too big for UDP, counts[2] and [3]: the replies' total and largest
+    lateness past their due time, in microseconds (a busy CPU makes the round trip longer than asked)."""
     sock.setblocking(False)
     due: list[tuple[float, int, bytes, object]] = []
     serial = 0
@@ -173,7 +174,10 @@ def _serve(sock: socket.socket, rtt: float, dkim_key: str, counts, stop, lifetim
                         heapq.heappush(due, (arrived + rtt, serial, reply, peer))
             now = time.monotonic()
             while due and due[0][0] <= now:
-                _, _, reply, peer = heapq.heappop(due)
+                when, _, reply, peer = heapq.heappop(due)
+                late = int((time.monotonic() - when) * 1e6)
+                counts[2] += late
+                counts[3] = max(counts[3], late)
                 try:
                     sock.sendto(reply, peer)
                 except OSError:
@@ -188,7 +192,7 @@ class DelayedDnsServer:
                  lifetime: float = 900.0) -> None:
         self.rtt = rtt
         self._context = multiprocessing.get_context("fork")
-        self._counts = self._context.Array("q", 2, lock=False)
+        self._counts = self._context.Array("q", 4, lock=False)
         self._stop = self._context.Event()
         self._sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
         self._sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4 * 1024 * 1024)
@@ -198,12 +202,24 @@ class DelayedDnsServer:
                                               args=(self._sock, rtt, dkim_key, self._counts, self._stop, lifetime))
 
     @property
+    def pid(self) -> int | None:
+        return self._process.pid
+
+    @property
     def queries(self) -> int:
         return self._counts[0]
 
     @property
     def oversize(self) -> int:
         return self._counts[1]
+
+    @property
+    def lateness(self) -> tuple[float, float]:
+        """(total, largest) seconds the replies so far left after their due time."""
+        return self._counts[2] / 1e6, self._counts[3] / 1e6
+
+    def reset_largest_lateness(self) -> None:
+        self._counts[3] = 0
 
     def start(self) -> DelayedDnsServer:
         self._process.start()

@@ -46,6 +46,7 @@ import dkim
 
 from bench import corpus, milters, procstat
 from bench.delayed_dns import SELECTOR, DelayedDnsServer, client_ip, host_name, sender_domain
+from authmilter.cpu import move_threads
 from testlab.milterclient import MilterClient, split_message
 
 RCPT = "user@mx.bench.example"
@@ -195,6 +196,8 @@ class CaseResult:
     threads_bound: int | None = None      # [dns] workers + one per connection + the idle ones
     threads_after: int | None = None      # once every connection closed: the idle ones + the pool's workers, kept
     oversize_replies: int = 0
+    dns_late_mean_ms: float = 0.0             # how much later than the RTT the server's replies left (busy CPU)
+    dns_late_max_ms: float = 0.0
     extra: dict = field(default_factory=dict)
 
     def _rtts(self, ms: float) -> str:
@@ -208,12 +211,13 @@ class CaseResult:
                 f"{self._rtts(self.p50_ms)} {self.p99_ms:>8.1f} {self._rtts(self.p99_ms)} "
                 f"{self.server_queries_per_msg:>7.2f} {opt(self.log_queries_per_msg, '>7.2f')} "
                 f"{opt(self.log_extra_per_msg, '>6.2f')} {self.dmarc_pass:>5} {threads:>9} {self.msgs_per_s:>6.1f} "
-                f"{self.cpu_ms_per_msg:>6.2f} {self.msgs_per_s * self.cpu_ms_per_msg / 10:>5.0f}%")
+                f"{self.cpu_ms_per_msg:>6.2f} {self.msgs_per_s * self.cpu_ms_per_msg / 10:>5.0f}% "
+                f"{self.dns_late_mean_ms:>4.1f}/{self.dns_late_max_ms:<4.0f}")
 
 
 HEADER = (f"{'milter':<22} {'c':>3} {'msgs':>5} {'p50 ms':>8} {'RTT':>5} {'p99 ms':>8} {'RTT':>5} "
           f"{'dns/msg':>7} {'log/msg':>7} {'extra':>6} {'dmarc':>5} {'threads':>9} {'msg/s':>6} {'cpu ms':>6} "
-          f"{'cpu':>6}")
+          f"{'cpu':>6} {'dns late':>9}")
 
 
 def _log_counts(log: Path) -> tuple[int, int, int, list[float]]:
@@ -238,6 +242,8 @@ def run_case(running: milters.RunningMilter, server: DelayedDnsServer, numbers: 
     shares = [numbers[i::concurrency] for i in range(concurrency)]
     before = server.queries
     oversize_before = server.oversize
+    late_before = server.lateness[0]
+    server.reset_largest_lateness()
     sampler = ThreadSampler(running.pids)
     idle = sampler.count()
     cpu_before = procstat.sample(running.pids).cpu_seconds
@@ -258,7 +264,9 @@ def run_case(running: milters.RunningMilter, server: DelayedDnsServer, numbers: 
         max_ms=latencies[-1], replies=replies, msgs_per_s=len(results) / elapsed,
         cpu_ms_per_msg=cpu * 1000 / len(results),
         dmarc_pass=sum(1 for r in results if re.search(r"\bdmarc=pass\b", r[2])),
-        server_queries_per_msg=queries / len(results), oversize_replies=server.oversize - oversize_before)
+        server_queries_per_msg=queries / len(results), oversize_replies=server.oversize - oversize_before,
+        dns_late_mean_ms=(server.lateness[0] - late_before) * 1000 / max(queries, 1),
+        dns_late_max_ms=server.lateness[1] * 1000)
     if log is not None:
         time.sleep(0.5)  # the log line is written after the reply; libmilter's connection threads end
         lines, logged, extra, spent = _log_counts(log)
@@ -282,8 +290,10 @@ def _start_authmilter(workdir: Path, *, label: str, early: bool, workers: int, c
 
 
 def run(tmp: Path, *, rtt: float = 0.025, counts: tuple[tuple[int, int], ...] = ((1, 200), (16, 800)),
-        only: list[str] | None = None, workers: int = WORKERS, cpu: str = "auto") -> list[dict]:
-    """Every contender at every (concurrency, messages); prints the table, returns the rows."""
+        only: list[str] | None = None, workers: int = WORKERS, cpu: str = "auto",
+        dedicated_cpu: bool = False) -> list[dict]:
+    """Every contender at every (concurrency, messages); prints the table, returns the rows. dedicated_cpu: every
+    milter on the last CPU, the clients and the DNS server on the others (a host with a core for the milter)."""
     private_key, public_key = corpus.rsa_key()
     numbers_for, first = {}, 1
     for concurrency, count in counts:
@@ -303,22 +313,35 @@ def run(tmp: Path, *, rtt: float = 0.025, counts: tuple[tuple[int, int], ...] = 
     print(HEADER)
     rows = []
     _init_worker(messages)  # the pools fork from here: each worker has every message already split
+    allowed = os.sched_getaffinity(0)
+    cpus = sorted(allowed)
+    if dedicated_cpu and len(cpus) < 2:
+        raise SystemExit("--dedicated-cpu needs at least two CPUs")
     with DelayedDnsServer(public_key, rtt=rtt, host="127.0.0.1", port=53) as server:
+        if dedicated_cpu:  # the client pools fork from this process: they inherit it
+            os.sched_setaffinity(server.pid, set(cpus[:-1]))
+            os.sched_setaffinity(0, set(cpus[:-1]))
+            print(f"(milters on CPU {cpus[-1]}; the clients and the DNS server on CPU {','.join(map(str, cpus[:-1]))})")
         for concurrency, _ in counts:
             for label, start, is_authmilter in contenders:
                 workdir = tmp / f"{label.replace(' ', '-')}-{concurrency}"
                 workdir.mkdir()
                 running = start(workdir)
+                if dedicated_cpu:  # every thread, so that libmilter's later ones inherit it
+                    for pid in (pid for root in running.pids for pid in procstat.tree(root)):
+                        move_threads(pid, {cpus[-1]})
                 try:
                     result = run_case(running, server, numbers_for[concurrency], concurrency=concurrency, rtt=rtt,
                                       log=workdir / "authmilter.log" if is_authmilter else None, workers=workers)
                 finally:
                     running.stop()
                 print(result.row(), flush=True)
-                rows.append(asdict(result))
+                rows.append(asdict(result) | {"dedicated_cpu": dedicated_cpu})
+    os.sched_setaffinity(0, allowed)
     print("RTT: the latency in round trips. dns/msg: queries the DNS server received per message; log/msg: "
           "dns_queries + dns_extra from authmilter's log lines (extra: asked early, not needed); dmarc: messages "
-          "with dmarc=pass; threads: max sampled / bound ([dns] workers + connections + idle)")
+          "with dmarc=pass; threads: max sampled / bound ([dns] workers + connections + idle); cpu: the milter's CPU "
+          "per message and its share of one CPU; dns late: mean/max ms the DNS replies left after their RTT")
     _verdict(rows)
     return rows
 
@@ -358,6 +381,8 @@ def main(argv: list[str] | None = None) -> int:
                         help="'authmilter early', 'authmilter serial' or opendkim+opendmarc")
     parser.add_argument("--workers", type=int, default=WORKERS, help="authmilter's [dns] workers (32, the default)")
     parser.add_argument("--cpu", default="auto", help="authmilter's [milter] cpu (auto, the default: one CPU)")
+    parser.add_argument("--dedicated-cpu", action="store_true",
+                        help="the milters on the last CPU, the clients and the DNS server on the others")
     parser.add_argument("--json", default="bench-results/early_dns.json", help="where to write the figures")
     args = parser.parse_args(argv)
     if os.geteuid() != 0:
@@ -369,7 +394,7 @@ def main(argv: list[str] | None = None) -> int:
     counts = tuple((int(c), int(n)) for c, _, n in (case.partition(":") for case in args.cases))
     with tempfile.TemporaryDirectory(prefix="authmilter-early-") as tmp:
         rows = run(Path(tmp), rtt=args.rtt_ms / 1000, counts=counts, only=args.only, workers=args.workers,
-                   cpu=args.cpu)
+                   cpu=args.cpu, dedicated_cpu=args.dedicated_cpu)
     report = {"rtt_ms": args.rtt_ms, "workers": args.workers, "cpu": args.cpu,
               "machine": {"cpus": os.cpu_count(), "python": platform.python_version(), "kernel": platform.release()},
               "early_dns": rows, "finished": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
