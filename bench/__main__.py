@@ -1,5 +1,6 @@
 """`make bench`: measure authmilter against the do-nothing pymilter floor and OpenDKIM + OpenDMARC (verifying),
-and against OpenDKIM and dkimpy-milter signing the same messages (bench/signing.py).
+and against OpenDKIM and dkimpy-milter signing the same messages (bench/signing.py); then issue 13's case, end of
+message to reply with every DNS answer a round trip away (bench/early_dns.py).
 
 Runs inside a network namespace of its own (created here, removed at the end), so every milter, OpenDKIM's and
 OpenDMARC's resolver included, sends its DNS to our authoritative test server on 127.0.0.1:53 and nowhere else.
@@ -21,8 +22,8 @@ from pathlib import Path
 NS_ENV = "AUTHMILTER_BENCH_NETNS"
 
 
-def _in_namespace(argv: list[str]) -> int:
-    """Re-run this module inside a fresh namespace whose resolv.conf points at 127.0.0.1."""
+def _in_namespace(argv: list[str], module: str = "bench") -> int:
+    """Re-run this module (or another bench module) inside a fresh namespace whose resolv.conf points at 127.0.0.1."""
     name = f"authmilter-bench-{os.getpid()}"
     etc = Path("/etc/netns") / name
     subprocess.run(["ip", "netns", "add", name], check=True)
@@ -31,7 +32,7 @@ def _in_namespace(argv: list[str]) -> int:
         (etc / "resolv.conf").write_text("nameserver 127.0.0.1\n")
         subprocess.run(["ip", "netns", "exec", name, "ip", "link", "set", "lo", "up"], check=True)
         env = dict(os.environ, **{NS_ENV: name})
-        return subprocess.run(["ip", "netns", "exec", name, "timeout", "3000", sys.executable, "-m", "bench",
+        return subprocess.run(["ip", "netns", "exec", name, "timeout", "3000", sys.executable, "-m", module,
                                *argv], env=env).returncode
     finally:
         subprocess.run(["ip", "netns", "del", name], check=False)
@@ -43,7 +44,9 @@ def main(argv: list[str]) -> int:
     parser.add_argument("--quick", action="store_true", help="concurrency 1 and 4 only, one pass, one round")
     parser.add_argument("--rounds", type=int, default=None,
                         help="direct part: rounds per concurrency, contenders interleaved (default 3, quick 1)")
-    parser.add_argument("--json", default="bench-results/bench.json", help="where to write the figures")
+    parser.add_argument("--json", default=None,
+                        help="where to write the figures (bench-results/bench.json; with --early-dns-only "
+                             "bench-results/early_dns.json)")
     parser.add_argument("--no-postfix", action="store_true", help="skip the through-Postfix part")
     parser.add_argument("--no-memory", action="store_true", help="skip the memory cases")
     parser.add_argument("--no-direct", action="store_true", help="skip the direct part")
@@ -54,7 +57,12 @@ def main(argv: list[str]) -> int:
     parser.add_argument("--only", action="append", default=[], metavar="MILTER",
                         help="measure only this contender (authmilter, 'authmilter cpu=all', authmilter+metrics, "
                              "'authmilter reports=on', 'authmilter serial', null-pymilter, opendkim+opendmarc, dkimpy-milter)")
+    parser.add_argument("--no-early-dns", action="store_true",
+                        help="skip the early-lookups case (every DNS answer 25 ms away, bench/early_dns.py)")
+    parser.add_argument("--early-dns-only", action="store_true", help="run only the early-lookups case")
     args = parser.parse_args(argv)
+    if args.json is None:
+        args.json = "bench-results/early_dns.json" if args.early_dns_only else "bench-results/bench.json"
     if os.geteuid() != 0:
         print("make bench needs root (network namespace, OpenDKIM, Postfix)", file=sys.stderr)
         return 77
@@ -64,12 +72,14 @@ def main(argv: list[str]) -> int:
     from bench import corpus, direct, milters
     from testlab.dnsserver import DnsServer
 
+    if args.early_dns_only:
+        return _write(args.json, {"machine": _machine(), "early_dns": _early_dns(args.quick)})
+
     private_key, public_key = corpus.rsa_key()
     messages = [m.raw for m in corpus.make_mix(private_key)]
     concurrencies = (1, 4) if args.quick else (1, 4, 16)
     warm_passes = 1 if args.quick else 10
-    report: dict = {"machine": {"cpus": os.cpu_count(), "python": platform.python_version(),
-                                "kernel": platform.release()},
+    report: dict = {"machine": _machine(),
                     "mix": [list(m) for m in corpus.MIX], "direct": [], "memory": [], "postfix": []}
     print(f"mix: {', '.join(f'{n} x {s // 1024} KB' for n, s in corpus.MIX)}, rsa-2048 relaxed/relaxed")
     print(direct.HEADER)
@@ -142,7 +152,24 @@ def main(argv: list[str]) -> int:
             from bench import throughpostfix
             report["postfix"] = throughpostfix.run(Path(tmp), messages, public_key, quick=args.quick,
                                                    dedicated_cpu=args.dedicated_cpu)
-    out = Path(args.json)
+    if not args.no_early_dns:  # after the loopback DNS server above has let go of port 53
+        report["early_dns"] = _early_dns(args.quick)
+    return _write(args.json, report)
+
+
+def _machine() -> dict:
+    return {"cpus": os.cpu_count(), "python": platform.python_version(), "kernel": platform.release()}
+
+
+def _early_dns(quick: bool) -> list[dict]:
+    from bench import early_dns
+    print()
+    with tempfile.TemporaryDirectory(prefix="authmilter-early-") as tmp:
+        return early_dns.run(Path(tmp), counts=((1, 50), (16, 160)) if quick else ((1, 200), (16, 800)))
+
+
+def _write(path: str, report: dict) -> int:
+    out = Path(path)
     out.parent.mkdir(parents=True, exist_ok=True)
     report["finished"] = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
     out.write_text(json.dumps(report, indent=2))

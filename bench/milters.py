@@ -56,7 +56,8 @@ def _spawn(argv: list[str], log: Path, **kwargs) -> subprocess.Popen:
 
 
 def authmilter_config(workdir: Path, socket_spec: str, nameserver: str, *, cpu: str = "auto",
-                      metrics_listen: str = "", reports: bool = False, early_lookups: bool = True) -> Path:
+                      metrics_listen: str = "", reports: bool = False, early_lookups: bool = True,
+                      dns_options: str = "") -> Path:
     config = workdir / "authmilter.ini"
     metrics = f"\n[metrics]\nlisten = {metrics_listen}\n" if metrics_listen else ""
     config.write_text(f"""[milter]
@@ -69,8 +70,8 @@ cpu = {cpu}
 [dns]
 nameservers = {nameserver}
 trust_ad = no
-early_lookups = {"yes" if early_lookups else "no"}
-
+{"" if early_lookups else "early_lookups = no"}
+{dns_options}
 [trust]
 networks =
 
@@ -92,12 +93,13 @@ journal = {workdir / 'reports.journal'}
 
 def start_authmilter(workdir: Path, nameserver: str, *, inet_port: int | None = None,
                      cpu: str = "auto", metrics: bool = False, reports: bool = False,
-                     early_lookups: bool = True) -> RunningMilter:
+                     early_lookups: bool = True, dns_options: str = "") -> RunningMilter:
+    """dns_options: more `key = value` lines for the [dns] section (bench/early_dns.py)."""
     sock = workdir / "authmilter.sock"
     spec = f"inet:{inet_port}@127.0.0.1" if inet_port else f"unix:{sock}"
     listen = f"127.0.0.1:{free_port()}" if metrics else ""
     config = authmilter_config(workdir, spec, nameserver, cpu=cpu, metrics_listen=listen, reports=reports,
-                               early_lookups=early_lookups)
+                               early_lookups=early_lookups, dns_options=dns_options)
     log = workdir / "authmilter.log"
     # `timeout` must not stand between us and the milter's PID: we measure the milter's own counters.
     process = subprocess.Popen([sys.executable, "-m", "authmilter", "run", "--config", str(config)],
