@@ -28,7 +28,7 @@ from testlab.dnsserver import DnsServer, Fault
 from testlab.fakedns import FakeDns
 from testlab.milterclient import MilterClient, split_message
 from tests.hostile import signing
-from tests.test_dns_faults import base_zone, message_from
+from tests.test_dns_faults import base_zone, daemon_threads, message_from
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -251,11 +251,6 @@ def test_lookups_wait_for_a_slow_client_without_spending_the_deadline(server):
 
 # ---------------------------------------------------------------- through the daemon
 
-def _threads(pid: int) -> int:
-    from pathlib import Path
-    return len(list(Path(f"/proc/{pid}/task").iterdir()))
-
-
 WORKERS = 3
 
 
@@ -265,7 +260,7 @@ def test_transactions_aborted_under_load_leak_no_thread_and_the_next_message_is_
              "trust": {"networks": ""}}
     with DaemonRunner(tmp_path, dns_server=server, authserv_id="mx.early.example", extra=extra,
                       lifetime=100) as daemon:
-        baseline = _threads(daemon.pid)
+        baseline = daemon_threads(daemon.pid)
         most = baseline
         clients = []
         for number in range(30):
@@ -276,18 +271,18 @@ def test_transactions_aborted_under_load_leak_no_thread_and_the_next_message_is_
             client.mail(f"a{number}@example.org")
             client.rcpt("bob@example.net")
             clients.append(client)
-            most = max(most, _threads(daemon.pid))
+            most = max(most, daemon_threads(daemon.pid))
         for client in clients:
             client.abort()                       # RSET: the transaction ends, its lookups are not waited for
             client.mail("again@example.org")     # a new MAIL FROM starts another one, also abandoned below
-            most = max(most, _threads(daemon.pid))
+            most = max(most, daemon_threads(daemon.pid))
         for client in clients:
             client.quit()
         # libmilter's own: one thread per connection, gone with it; ours: at most WORKERS, however dead the DNS.
         deadline = time.monotonic() + 20
-        while _threads(daemon.pid) > baseline + WORKERS and time.monotonic() < deadline:
+        while daemon_threads(daemon.pid) > baseline + WORKERS and time.monotonic() < deadline:
             time.sleep(0.05)
-        assert _threads(daemon.pid) <= baseline + WORKERS
+        assert daemon_threads(daemon.pid) <= baseline + WORKERS
         assert most <= baseline + WORKERS + len(clients)
         server.clear_faults()
         # The pool is free again: the next message gets every answer, not a deadline spent queueing.

@@ -85,7 +85,8 @@ class EarlyDns:
         return self._abandoned
 
     def prefetch(self, name: str, rdtype: str) -> None:
-        """Ask now, on a worker, unless the cache has it (the check will find it there) or it was asked."""
+        """Ask now, on a worker, unless the cache has it (the check will find it there), it is on its way, or a
+        check already read its answer."""
         if self._pool is None or self.is_cached(name, rdtype):
             return
         key = _key(name, rdtype)

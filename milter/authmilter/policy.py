@@ -127,17 +127,25 @@ def _dmarc_disposition(results: Results, cfg: Config) -> Verdict | None:
 def trusted_forwarder_dmarc(results: Results, ctx: MessageContext, cfg: Config) -> Verdict | None:
     if not results.forwarder:
         return None
+    # Issue 4: forwarded mail fails SPF for the original domain and list footers break DKIM.
+    return _operator_instead_of_dmarc(results, cfg, cfg.forwarders.dmarc_fail_action, "trusted_forwarder",
+                                      "trusted_forwarder",
+                                      f"DMARC fail via trusted forwarder ({results.forwarder})")
+
+
+def _operator_instead_of_dmarc(results: Results, cfg: Config, operator_action: Action, reason: str,
+                               overridden: str, text: str) -> Verdict | None:
+    """The action the operator chose for a DMARC fail that someone they trust vouches for, in place of DMARC's
+    own; trust must never make us stricter than DMARC alone. None when DMARC asks for nothing."""
     would = _dmarc_disposition(results, cfg)
     if would is None:
         return None
-    # Issue 4: forwarded mail fails SPF for the original domain and list footers break DKIM; the operator chose
-    # what to do instead, but trusting a forwarder must never make us stricter than DMARC alone.
-    action = min(would.action, cfg.forwarders.dmarc_fail_action, key=_SEVERITY.__getitem__)
-    reason = f"trusted_forwarder:{would.reason}"
+    action = min(would.action, operator_action, key=_SEVERITY.__getitem__)
+    reason = f"{reason}:{would.reason}"
     if action is would.action:
-        return Verdict(action, would.code, would.status, would.text, reason, overridden="trusted_forwarder")
-    text = "" if action is Action.ACCEPT else f"DMARC fail via trusted forwarder ({results.forwarder})"
-    return Verdict(action, text=safe_reply_text(text), reason=reason, overridden="trusted_forwarder")
+        return Verdict(action, would.code, would.status, would.text, reason, overridden=overridden)
+    text = "" if action is Action.ACCEPT else text
+    return Verdict(action, text=safe_reply_text(text), reason=reason, overridden=overridden)
 
 
 ARC_OVERRIDE = "trusted_arc_sealer"
@@ -172,16 +180,8 @@ def trusted_arc_sealer(results: Results, ctx: MessageContext, cfg: Config) -> Ve
     arc = trusted_arc_chain(results, cfg)
     if arc is None:
         return None
-    would = _dmarc_disposition(results, cfg)
-    if would is None:
-        return None
-    # As for a trusted forwarder: the operator's action instead of DMARC's, never stricter than DMARC alone.
-    action = min(would.action, cfg.arc.trusted_sealer_action, key=_SEVERITY.__getitem__)
-    reason = f"{ARC_OVERRIDE}:{would.reason}"
-    if action is would.action:
-        return Verdict(action, would.code, would.status, would.text, reason, overridden="local_policy")
-    text = "" if action is Action.ACCEPT else f"DMARC fail, sealed by trusted ARC sealer {arc.newest.seal_domain}"
-    return Verdict(action, text=safe_reply_text(text), reason=reason, overridden="local_policy")
+    return _operator_instead_of_dmarc(results, cfg, cfg.arc.trusted_sealer_action, ARC_OVERRIDE, "local_policy",
+                                      f"DMARC fail, sealed by trusted ARC sealer {arc.newest.seal_domain}")
 
 
 def dmarc_reject(results: Results, ctx: MessageContext, cfg: Config) -> Verdict | None:
